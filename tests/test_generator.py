@@ -1,0 +1,135 @@
+"""The pixel-space generator: tiny diffusers UNets built from configs, trained and sampled on CPU."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from deliberate.config import from_dict
+from deliberate.data.fashion_mnist import CLASS_NAMES
+from deliberate.errors import DeliberateError
+from deliberate.generators.base import to_uint8
+from deliberate.generators.pixel import (
+    DEFAULT_GENERATOR,
+    PixelBackend,
+    PixelModelConfig,
+    load_pixel_backend,
+)
+from deliberate.generators.train_pixel import GeneratorConfig, train_generator
+from deliberate.sampling import initial_noise, predict_x0, sample
+
+TINY = {"block_out_channels": [16], "layers_per_block": 1, "norm_num_groups": 4}
+
+
+def tiny_backend(seed=0):
+    torch.manual_seed(seed)
+    return PixelBackend.from_config(from_dict(PixelModelConfig, TINY), CLASS_NAMES).eval()
+
+
+def tiny_config(steps, **train):
+    return from_dict(GeneratorConfig, {
+        "model": TINY,
+        "train": {"steps": steps, "batch_size": 8, "warmup_steps": 1, "checkpoint_every": 2,
+                  "sample_every": 0, **train},
+    })
+
+
+def test_encode_decode_round_trip():
+    backend = tiny_backend()
+    images = torch.rand(3, 1, 28, 28)
+    z = backend.encode(images)
+    assert z.shape == (3, *backend.latent_shape) == (3, 16, 7, 7)
+    assert torch.allclose(backend.decode(z), images, atol=1e-6)
+
+
+def test_sampling_is_deterministic_per_seed_whatever_the_batch():
+    backend = tiny_backend()
+    labels = torch.tensor([0, 3, 7, 9, 1, 2])
+    seeds = [11, 12, 13, 14, 15, 16]
+    full = sample(backend, labels, seeds, steps=3, cfg=1.0).images
+    again = sample(backend, labels, seeds, steps=3, cfg=1.0).images
+    assert torch.equal(full, again)
+    halves = torch.cat([sample(backend, labels[i : i + 2], seeds[i : i + 2], steps=3, cfg=1.0).images
+                        for i in range(0, 6, 2)])
+    assert torch.equal(to_uint8(full), to_uint8(halves))
+    assert full.shape == (6, 1, 28, 28) and 0 <= full.min() and full.max() <= 1
+    other = sample(backend, labels, [s + 100 for s in seeds], steps=3, cfg=1.0).images
+    assert not torch.equal(full, other)
+
+
+def test_eta_noise_is_per_image_and_schedulers_run():
+    backend = tiny_backend()
+    labels = torch.tensor([1, 2, 3, 4])
+    a = sample(backend, labels, [1, 2, 3, 4], steps=3, eta=1.0).images
+    b = torch.cat([sample(backend, labels[:1], [1], steps=3, eta=1.0).images,
+                   sample(backend, labels[1:], [2, 3, 4], steps=3, eta=1.0).images])
+    assert torch.equal(to_uint8(a), to_uint8(b))
+    for name in ("dpm++", "euler"):
+        out = sample(backend, labels, [1, 2, 3, 4], steps=3, scheduler=name).images
+        assert out.shape == (4, 1, 28, 28) and torch.isfinite(out).all()
+    with pytest.raises(DeliberateError, match="unknown scheduler"):
+        sample(backend, labels, [1, 2, 3, 4], steps=3, scheduler="nope")
+
+
+def test_predict_x0_inverts_the_forward_process():
+    backend = tiny_backend()
+    from deliberate.sampling import make_scheduler
+
+    sched = make_scheduler(backend, "ddim", 10)
+    x0 = torch.randn(2, *backend.latent_shape)
+    noise = initial_noise([1, 2], backend.latent_shape)
+    t = torch.tensor([100, 800])
+    a = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    v = a.sqrt() * noise - (1 - a).sqrt() * x0
+    assert torch.allclose(predict_x0(sched, v, x_t, t), x0, atol=1e-4)
+
+
+def test_tiny_training_lowers_loss_and_resumes_exactly(tmp_path):
+    full = train_generator(tiny_config(6), tmp_path / "a", progress=False)
+    log = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log] == [2, 4, 6]
+    assert np.isfinite([row["loss"] for row in log]).all()
+    # The same run interrupted after 4 steps and resumed equals the uninterrupted one.
+    assert train_generator(tiny_config(6), tmp_path / "b", progress=False, stop_after=4) is None
+    resumed = train_generator(tiny_config(6), tmp_path / "b", progress=False)
+    wa = load_file(full / "unet" / "diffusion_pytorch_model.safetensors")
+    wb = load_file(resumed / "unet" / "diffusion_pytorch_model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    # A different config aimed at the same folder is refused.
+    with pytest.raises(DeliberateError, match="different config"):
+        train_generator(tiny_config(6, lr=0.5), tmp_path / "b", progress=False)
+
+
+def test_saved_generator_loads_and_matches(tmp_path):
+    backend = tiny_backend(seed=3)
+    backend.save(tmp_path / "gen")
+    loaded = load_pixel_backend(tmp_path / "gen")
+    assert loaded.identifier.startswith("pixel-") and loaded.class_names == CLASS_NAMES
+    labels = torch.tensor([5, 6])
+    assert torch.equal(sample(backend, labels, [1, 2], steps=2).images,
+                       sample(loaded, labels, [1, 2], steps=2).images)
+
+
+def test_corrupt_or_missing_generator_is_a_one_line_error(tmp_path):
+    with pytest.raises(DeliberateError, match="not a deliberate generator folder"):
+        load_pixel_backend(tmp_path)
+    tiny_backend().save(tmp_path / "gen")
+    (tmp_path / "gen" / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"junk")
+    with pytest.raises(DeliberateError, match="corrupt") as e:
+        load_pixel_backend(tmp_path / "gen")
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.skipif(not DEFAULT_GENERATOR.exists(), reason="shipped generator not trained yet")
+def test_shipped_generator_loads_and_generates_each_class():
+    backend = load_pixel_backend()
+    assert backend.num_classes == 10 and backend.image_shape == (1, 28, 28)
+    size = sum(f.stat().st_size for f in DEFAULT_GENERATOR.rglob("*") if f.is_file())
+    assert size <= 20 * 2**20
+    labels = torch.arange(10)
+    images = sample(backend, labels, list(range(10)), steps=10, cfg=1.0).images
+    assert images.shape == (10, 1, 28, 28)
+    assert 0.05 < images.mean() < 0.6  # not blank, not saturated
