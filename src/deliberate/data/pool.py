@@ -1,0 +1,400 @@
+"""The synthetic pool on disk: append-only uint8 npz shards plus a JSONL manifest, crash-safe."""
+
+# root/pool.json (format, version, meta); root/shards/shard-NNNNNN.npz (images, ids, labels, rows);
+# root/manifest.jsonl (a row per image). Shards carry their rows, so the manifest can be rebuilt.
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import json
+import os
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from deliberate.errors import DeliberateError
+
+FORMAT, VERSION = "deliberate-pool", 1
+RESERVED = ("id", "shard", "index")  # assigned by the pool, never by the caller
+_LOAD_ERRORS = (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Flush a directory so that a rename inside it survives a power cut."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
+    """Yield a binary file that appears at `path` only once it is completely written and synced."""
+    path = Path(path)
+    # Same directory so os.replace is a rename, never a copy; the pool cleans `.*.tmp` leftovers.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def _plain(value: Any) -> Any:
+    """Turn NumPy scalars and arrays into plain Python so manifest rows round-trip exactly."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+_dumps = functools.partial(json.dumps, default=_plain)
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int | np.integer) and not isinstance(x, bool | np.bool_)
+
+
+def _shard_name(j: int) -> str:
+    return f"shard-{j:06d}.npz"
+
+
+def _write_header(root: Path, meta: dict) -> None:
+    header = {"format": FORMAT, "version": VERSION, "meta": meta}
+    with atomic_file(root / "pool.json") as f:
+        f.write((_dumps(header, indent=1) + "\n").encode())
+
+
+class Pool:
+    """An append-only pool of uint8 images with one manifest row per image; shards are the truth."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self._shard_dir = self.root / "shards"
+        self._manifest = self.root / "manifest.jsonl"
+        self.meta = self._read_header()
+        with self._lock():
+            self._scan()
+
+    @classmethod
+    def create(cls, root: str | Path, meta: Mapping[str, Any]) -> Pool:
+        """Create an empty pool in a new or empty directory (meta: image_shape, class_names...)."""
+        root = Path(root)
+        if (root / "pool.json").exists():
+            raise DeliberateError(f"{root} already holds a pool; open it with Pool(root)")
+        if root.exists() and any(root.iterdir()):
+            raise DeliberateError(f"{root} is not empty; choose a new or empty pool directory")
+        meta = _check_meta(meta, root)
+        root.mkdir(parents=True, exist_ok=True)
+        _write_header(root, meta)  # its presence (whole, thanks to the rename) marks a pool
+        return cls(root)
+
+    @classmethod
+    def open_or_create(cls, root: str | Path, meta: Mapping[str, Any]) -> Pool:
+        """Open the pool at root (checking meta agrees) or create it; what a resumed run calls."""
+        if not (Path(root) / "pool.json").exists():
+            return cls.create(root, meta)
+        pool, meta = cls(root), _check_meta(meta, Path(root))
+        for key in sorted(meta.keys() & pool.meta.keys()):
+            if meta[key] != pool.meta[key]:
+                raise pool._err(f"has {key}={pool.meta[key]!r} not {meta[key]!r}; use another dir")
+        return pool
+
+    @property
+    def image_shape(self) -> tuple[int, ...] | None:
+        """(H, W) or (H, W, C) of every image, or None before the first append fixes it."""
+        shape = self.meta.get("image_shape")
+        return None if shape is None else tuple(shape)
+
+    @property
+    def num_classes(self) -> int | None:
+        names = self.meta.get("class_names")
+        return self.meta.get("num_classes", None if names is None else len(names))
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.meta.get("class_names")
+
+    @property
+    def shards(self) -> list[str]:
+        return [name for name, _, _ in self._shards]
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def __repr__(self) -> str:
+        return f"Pool({str(self.root)!r}, images={len(self)}, shards={len(self._shards)})"
+
+    def _err(self, msg: str) -> DeliberateError:
+        return DeliberateError(f"pool at {self.root}: {msg}")
+
+    def append(self, images: np.ndarray, records: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Write one shard atomically, then its manifest rows; return the ids given to images."""
+        if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
+            got = getattr(images, "dtype", type(images).__name__)
+            raise self._err(f"images must be a uint8 array, not {got}; use np.uint8 in 0..255")
+        if images.ndim not in (3, 4):
+            raise self._err(f"images must be (N,H,W) or (N,H,W,C), not shape {images.shape}")
+        if len(records) != len(images):
+            raise self._err(f"{len(images)} images but {len(records)} records; give one each")
+        if len(images) == 0:
+            return []  # a rank may get an empty slice; an empty shard would carry no rows
+        with self._lock():
+            self._refresh()  # another process may have appended since we last looked
+            shape = tuple(images.shape[1:])
+            if self.image_shape is not None and shape != self.image_shape:
+                raise self._err(f"images are {shape}, the pool holds {self.image_shape}; resize")
+            first, name = len(self), _shard_name(len(self._shards))
+            rows = [self._row(first + i, name, i, r) for i, r in enumerate(records)]
+            if self.image_shape is None:  # the first append fixes the shape for good
+                self.meta = {**self.meta, "image_shape": list(shape)}
+                _write_header(self.root, self.meta)
+            ids = np.arange(first, first + len(rows), dtype=np.int64)
+            labels = np.array([r["label"] for r in rows], np.int64)
+            packed = np.frombuffer(_dumps(rows).encode(), np.uint8)  # no pickles in shards
+            with atomic_file(self._shard_dir / name) as f:
+                np.savez(f, images=images, ids=ids, labels=labels, rows=packed)
+            # A crash here leaves a complete shard without rows; the next open re-derives them.
+            self._write_rows("".join(_dumps(r) + "\n" for r in rows).encode())
+            self._shards.append((name, first, len(rows)))
+            self._labels = np.concatenate([self._labels, labels])
+        return ids.tolist()
+
+    def _row(self, id_: int, shard: str, index: int, record: Mapping[str, Any]) -> dict:
+        """Validate one caller record and turn it into a manifest row (plain JSON values)."""
+        if not isinstance(record, Mapping):
+            raise self._err(f"record {index} is a {type(record).__name__}; pass a dict per image")
+        if clash := [k for k in RESERVED if k in record]:
+            raise self._err(f"record {index} sets {clash}, which the pool assigns; drop them")
+        for key in ("label", "seed"):
+            if not _is_int(record.get(key)):
+                raise self._err(f"record {index} needs an int {key!r}, got {record.get(key)!r}")
+        n = self.num_classes
+        if record["label"] < 0 or (n is not None and record["label"] >= n):
+            raise self._err(f"record {index} has label {record['label']} outside 0..{(n or 1) - 1}")
+        row = {"id": id_, "label": record["label"], "seed": record["seed"], "shard": shard}
+        row = {**row, "index": index, **record}  # caller's extra keys follow the pool's
+        try:
+            return json.loads(_dumps(row))
+        except (TypeError, ValueError) as e:
+            raise self._err(f"record {index} is not JSON-serialisable ({_one_line(e)})") from e
+
+    def labels(self) -> np.ndarray:
+        """Every image's class id, in id order (int64)."""
+        return self._labels.copy()
+
+    def records(self) -> list[dict]:
+        """Every manifest row, in id order."""
+        with open(self._manifest, "rb") as f:  # ignore rows appended since our last look
+            return [json.loads(line) for line in f.read(self._size).splitlines()]
+
+    def iter_shards(self) -> Iterator[tuple[np.ndarray, np.ndarray, list[dict]]]:
+        """Yield (images, labels, records) shard by shard, never holding the pool in memory."""
+        for name, first, count in list(self._shards):
+            images, ids, labels, rows = self._load(name)
+            if len(ids) != count or ids[0] != first:
+                raise self._corrupt(name, f"{len(ids)} images, the manifest says {count}")
+            yield images, labels, rows
+
+    def load_all(self) -> tuple[np.ndarray, np.ndarray]:
+        """Return (images, labels) of the whole pool; only for pools that fit in memory."""
+        out = np.empty((len(self), *(self.image_shape or (0, 0))), np.uint8)
+        for (_, first, count), (images, _, _) in zip(self._shards, self.iter_shards(), strict=True):
+            out[first : first + count] = images
+        return out, self.labels()
+
+    def get(self, ids: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return (images, labels) for the given ids, in the order given."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if ids.size and (ids.min() < 0 or ids.max() >= len(self)):
+            bad = ids[(ids < 0) | (ids >= len(self))][0]
+            raise self._err(f"id {bad} is out of range 0..{len(self) - 1}")
+        out = np.empty((len(ids), *(self.image_shape or (0, 0))), np.uint8)
+        firsts = np.array([first for _, first, _ in self._shards], np.int64)
+        which = np.searchsorted(firsts, ids, side="right") - 1
+        for j in np.unique(which):
+            name, first, _ = self._shards[j]
+            sel = which == j
+            out[sel] = self._load(name)[0][ids[sel] - first]
+        return out, self._labels[ids]
+
+    def verify(self) -> int:
+        """Load every shard and check it against the manifest; return the number of images."""
+        rows = self.records()
+        for name, first, count in self._shards:
+            images, ids, labels, shard_rows = self._load(name)
+            if images.shape != (count, *self.image_shape) or images.dtype != np.uint8:
+                raise self._corrupt(name, f"images are {images.dtype}{images.shape}")
+            span = slice(first, first + count)
+            want = [list(range(first, first + count)), self._labels[span].tolist(), rows[span]]
+            if [ids.tolist(), labels.tolist(), shard_rows] != want:
+                raise self._corrupt(name, "its ids, labels or records disagree with the manifest")
+        return len(rows)
+
+    def refresh(self) -> None:
+        """Pick up shards appended by other processes since this object last looked."""
+        with self._lock():
+            self._refresh()
+
+    def _refresh(self) -> None:
+        """Rescan (lock held) only if the manifest or the shard list changed under us."""
+        nxt = self._shard_dir / _shard_name(len(self._shards))
+        if self._manifest_bytes() != self._size or nxt.exists():
+            self.meta = self._read_header()
+            self._scan()
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        """Hold the pool's exclusive lock, so no reader 'repairs' a shard a writer is finishing."""
+        with contextlib.ExitStack() as stack:
+            with contextlib.suppress(OSError):  # a read-only pool has no writer to wait for
+                fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+                stack.callback(os.close, fd)  # closing releases the lock, as does dying
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+
+    def _scan(self) -> None:
+        """Reconcile the manifest with the shards on disk, repairing what a crash left behind."""
+        self._shard_dir.mkdir(exist_ok=True)
+        for tmp in [*self._shard_dir.glob(".*.tmp"), *self.root.glob(".*.tmp")]:
+            tmp.unlink()  # a writer died before its rename, so nobody ever saw this file
+        names = sorted(p.name for p in self._shard_dir.glob("shard-*.npz"))
+        names.sort(key=len)  # numeric order, even past shard-999999
+        for j, name in enumerate(names):
+            if name != _shard_name(j):
+                raise self._err(
+                    f"{_shard_name(j)} is missing but {name} exists (ids would skip); "
+                    "restore it or delete every shard after it"
+                )
+        rows, ends = self._read_manifest()
+        # Keep the longest run of whole shards whose rows agree; re-derive the rest from shards.
+        table: list[tuple[str, int, int]] = []
+        labels: list[int] = []
+        pos = keep = 0
+        while pos < len(rows):
+            j, stop = len(table), pos
+            while stop < len(rows) and rows[stop].get("shard") == rows[pos].get("shard"):
+                stop += 1
+            group = rows[pos:stop]
+            ok = j < len(names) and group[0].get("shard") == names[j]
+            for i, r in enumerate(group):
+                ok = (
+                    ok and (r.get("id"), r.get("index")) == (pos + i, i) and _is_int(r.get("label"))
+                )
+            if ok and stop == len(rows):  # only the last shard listed can have lost rows
+                ok = len(self._load(names[j], images=False)[1]) == len(group)
+            if not ok:
+                break
+            table.append((names[j], pos, len(group)))
+            labels += [r["label"] for r in group]
+            pos, keep = stop, ends[stop - 1]
+        payload = b""
+        for name in names[len(table) :]:
+            _, ids, shard_labels, shard_rows = self._load(name, images=False)
+            expect = list(range(pos, pos + len(ids)))
+            if not expect or ids.tolist() != expect or [r.get("id") for r in shard_rows] != expect:
+                raise self._corrupt(name, f"its ids do not continue from {pos}")
+            table.append((name, pos, len(ids)))
+            labels += shard_labels.tolist()
+            payload += "".join(_dumps(r) + "\n" for r in shard_rows).encode()
+            pos += len(ids)
+        self._shards = table  # (name, first id, count) per shard
+        self._labels = np.array(labels, np.int64)
+        self._size = keep  # manifest bytes reconciled with the shards
+        if payload or self._manifest_bytes() != keep:
+            self._write_rows(payload)
+
+    def _write_rows(self, payload: bytes) -> None:
+        """Cut the manifest after the rows we trust (dropping a stale tail), append, and sync."""
+        with open(self._manifest, "ab") as f:
+            f.truncate(self._size)
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        self._size += len(payload)
+
+    def _manifest_bytes(self) -> int:
+        return self._manifest.stat().st_size if self._manifest.exists() else -1
+
+    def _read_manifest(self) -> tuple[list[dict], list[int]]:
+        """Parse manifest rows up to the first damaged line; return rows and their end offsets."""
+        rows: list[dict] = []
+        ends: list[int] = []
+        data = self._manifest.read_bytes() if self._manifest.exists() else b""
+        for line in data.splitlines(keepends=True):
+            row = None
+            with contextlib.suppress(ValueError):
+                row = json.loads(line)
+            if not line.endswith(b"\n") or not isinstance(row, dict):
+                break  # a writer died mid-line (or worse): re-derive the rest from the shards
+            rows.append(row)
+            ends.append((ends[-1] if ends else 0) + len(line))
+        return rows, ends
+
+    def _load(self, name: str, images: bool = True) -> tuple[Any, np.ndarray, np.ndarray, list]:
+        """Read one shard (images optional), turning any damage into a one-line error."""
+        try:
+            with np.load(self._shard_dir / name, allow_pickle=False) as z:
+                ids, labels = z["ids"].astype(np.int64), z["labels"].astype(np.int64)
+                rows = json.loads(bytes(z["rows"]).decode())
+                pixels = z["images"] if images else None
+        except _LOAD_ERRORS as e:
+            raise self._corrupt(name, _one_line(e)) from e
+        if len(labels) != len(ids) or len(rows) != len(ids) or (images and len(pixels) != len(ids)):
+            raise self._corrupt(name, "its arrays have different lengths")
+        return pixels, ids, labels, rows
+
+    def _corrupt(self, name: str, why: str) -> DeliberateError:
+        nxt = _shard_name(int(name[6:-4]) + 1)
+        later = " and every later shard" if (self._shard_dir / nxt).exists() else ""
+        return self._err(f"shard {name} is corrupt ({why}); delete it{later} and re-run")
+
+    def _read_header(self) -> dict:
+        path = self.root / "pool.json"
+        if not path.is_file():
+            raise DeliberateError(
+                f"{self.root} is not a pool directory (no pool.json); create one with Pool.create"
+            )
+        try:
+            header = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise self._err(f"pool.json is unreadable ({_one_line(e)}); restore it") from e
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            raise DeliberateError(f"{path} is not a deliberate pool header; check the path")
+        if header.get("version") != VERSION:
+            raise self._err(f"format version {header.get('version')} is not {VERSION}; upgrade")
+        return header["meta"]
+
+
+def _check_meta(meta: Mapping[str, Any], root: Path) -> dict:
+    """Validate pool meta (image_shape, class_names, num_classes) and return it as plain JSON."""
+    where = f"pool meta for {root}"
+    try:
+        meta = json.loads(_dumps(dict(meta)))
+    except (TypeError, ValueError) as e:
+        raise DeliberateError(f"{where} is not JSON-serialisable ({_one_line(e)})") from e
+    shape, names = meta.get("image_shape"), meta.get("class_names")
+    shape_ok = isinstance(shape, list) and len(shape) in (2, 3)
+    if shape is not None and not (shape_ok and all(_is_int(s) and s > 0 for s in shape)):
+        raise DeliberateError(f"{where}: image_shape must be [H, W] or [H, W, C], got {shape!r}")
+    if names is not None and not (isinstance(names, list) and all(type(s) is str for s in names)):
+        raise DeliberateError(f"{where}: class_names must be a list of strings")
+    n = meta.get("num_classes")
+    if n is not None and (not isinstance(n, int) or n <= 0 or (names and n != len(names))):
+        raise DeliberateError(f"{where}: num_classes={n!r} must be positive and match class_names")
+    return meta
