@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
@@ -28,9 +27,10 @@ SCHEDULERS = {
     "euler": EulerDiscreteScheduler,
 }
 
-# A guidance hook: (x_t, t, step_index, cond, model_out) -> new x_t. It sees the CFG model output
-# of the current step and may move x_t (entropy guidance ascends the learner's entropy there).
-GuidanceFn = Callable[[torch.Tensor, torch.Tensor, int, Any, torch.Tensor], torch.Tensor]
+# A guidance hook: (x_t, t, step_index, cond, model_out, scheduler, labels) -> (x_t, model_out).
+# It sees the CFG model output of the current step and may move x_t or change the output
+# (entropy guidance ascends the learner's entropy; see deliberate.guidance).
+GuidanceFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -119,7 +119,7 @@ def sample(
         x_in = sched.scale_model_input(x, t)
         out = cfg_output(backend, x_in, tb, cond, null, cfg)
         if i in guided:
-            x = guidance(x, tb, i, cond, out)
+            x, out = guidance(x, tb, i, cond, out, sched, labels)
         kwargs = {}
         if eta > 0 and isinstance(sched, DDIMScheduler):
             noise = torch.stack([torch.randn(x.shape[1:], generator=g) for g in gens])

@@ -223,3 +223,22 @@ def train_generator(
     final = out / "generator"
     ema.save(final, extra_meta={"trained_steps": tc.steps, "train_config": config})
     return final
+
+
+def export_checkpoint(out: str | Path, dest: str | Path | None = None) -> Path:
+    """Export the EMA weights of a run's latest checkpoint (e.g. to stop a long run early)."""
+    out = Path(out)
+    ckpt = out / "checkpoint"
+    if not (ckpt / "progress.json").is_file():
+        raise DeliberateError(f"{out} has no checkpoint to export; train first")
+    progress = json.loads((ckpt / "progress.json").read_text())
+    from deliberate.config import from_dict
+
+    cfg = from_dict(GeneratorConfig, progress["config"])
+    ema = PixelBackend.from_config(cfg.model, CLASS_NAMES)
+    ema.load_state_dict(load_file(ckpt / "ema.safetensors"))
+    dest = Path(dest) if dest is not None else out / "generator"
+    ema.save(
+        dest, extra_meta={"trained_steps": progress["step"], "train_config": progress["config"]}
+    )
+    return dest

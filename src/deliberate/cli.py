@@ -1,0 +1,205 @@
+"""The `deliberate` command: thin subcommands over library functions.
+
+Library code raises `DeliberateError` for bad input; `main` prints it as one line and returns 2.
+Nothing below this module exits the process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from deliberate.errors import DeliberateError
+
+
+def _add_sampler_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--generator",
+        default=None,
+        metavar="DIR",
+        help="generator folder (default: the shipped Fashion-MNIST model)",
+    )
+    p.add_argument("--steps", type=int, default=10, help="sampling steps (default: %(default)s)")
+    p.add_argument(
+        "--cfg",
+        type=float,
+        default=1.0,
+        help="classifier-free guidance λ, paper convention (1+λ)·cond − λ·uncond "
+        "(default: %(default)s)",
+    )
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default: %(default)s)")
+    p.add_argument(
+        "--scheduler",
+        default="ddim",
+        choices=("ddim", "dpm++", "euler"),
+        help="diffusers scheduler (default: %(default)s)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=250,
+        help="images per batch and shard (default: %(default)s)",
+    )
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: all)")
+
+
+def cmd_train_generator(args) -> int:
+    from deliberate.config import load_config
+    from deliberate.generators.train_pixel import GeneratorConfig, train_generator
+
+    cfg = load_config(GeneratorConfig, args.config, args.set)
+    if args.data_dir:
+        cfg.data_dir = args.data_dir
+    final = train_generator(cfg, args.out, progress=not args.quiet)
+    print(f"generator written to {final}; use it with --generator {final}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    import torch
+
+    from deliberate.data.pool import Pool
+    from deliberate.generate import SamplerSettings, check_classes, generate_into_pool, plan
+    from deliberate.generators.pixel import load_pixel_backend
+    from deliberate.report import save_sample_grid
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.batch_size < 1:
+        raise DeliberateError(f"--batch-size {args.batch_size} must be >= 1")
+    backend = load_pixel_backend(args.generator)
+    classes = check_classes(backend, args.classes)
+    settings = SamplerSettings(
+        steps=args.steps, cfg=args.cfg, eta=args.eta, scheduler=args.scheduler
+    )
+    settings.validate()
+    pairs = plan(classes, args.per_class, args.seed)
+    c, h, w = backend.image_shape
+    pool = Pool.open_or_create(
+        args.out,
+        {
+            "class_names": list(backend.class_names),
+            "image_shape": [h, w] if c == 1 else [h, w, c],
+            "num_classes": backend.num_classes,
+        },
+    )
+    stats = generate_into_pool(
+        backend,
+        pool,
+        pairs,
+        settings,
+        batch_size=args.batch_size,
+        extra={"round": 0, "omega": 0.0},
+        progress=not args.quiet,
+    )
+    # The grid shows the request's first images of each class, read back from the pool.
+    seeds = {s for _, s in pairs}
+    rows = [r for r in pool.records() if int(r["seed"]) in seeds]
+    shown = [r for c_ in classes for r in [x for x in rows if x["label"] == c_][:10]]
+    images, _ = pool.get([int(r["id"]) for r in shown])
+    grid = Path(args.out) / "samples.png"
+    save_sample_grid(
+        images,
+        [r["label"] for r in shown],
+        backend.class_names,
+        grid,
+        title=f"{backend.identifier}: {settings.steps} {settings.scheduler} steps, cfg λ={settings.cfg}",
+    )
+    if stats["generated"]:
+        print(
+            f"generated {stats['generated']} images in {stats['seconds']:.1f}s "
+            f"({stats['images_per_second']:.1f} img/s)"
+        )
+    else:
+        print("nothing to do: the pool already holds every requested image")
+    print(f"pool: {args.out} ({len(pool)} images); grid: {grid}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from deliberate.data.export import export_imagefolder, export_npz
+    from deliberate.data.pool import Pool
+
+    pool = Pool(args.pool)
+    if args.format == "npz":
+        export_npz(pool, args.out)
+    else:
+        export_imagefolder(pool, args.out, pool.class_names)
+    print(f"exported {len(pool)} images to {args.out} ({args.format})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deliberate",
+        description="Deliberate Practice: train classifiers on entropy-guided synthetic images.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "train-generator",
+        help="train the embedded pixel-space diffusion generator",
+        description="Train the class-conditional pixel-space generator on real "
+        "Fashion-MNIST; re-running the same command resumes.",
+    )
+    p.add_argument("config", help="YAML config, e.g. configs/fmnist/generator.yaml")
+    p.add_argument(
+        "--out", required=True, help="run folder (checkpoints, sample grids, generator/)"
+    )
+    p.add_argument("--data-dir", default=None, help="Fashion-MNIST folder (idx files)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.steps=100 (repeatable)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train_generator)
+
+    p = sub.add_parser(
+        "generate",
+        help="sample class-conditional images into a pool",
+        description="Sample images with DDIM + classifier-free guidance into an "
+        "append-only pool and write a labelled grid (samples.png). "
+        "Re-running the same command completes an interrupted request.",
+    )
+    p.add_argument("--per-class", type=int, required=True, help="images per class")
+    p.add_argument("--out", required=True, help="pool folder (created or appended to)")
+    p.add_argument("--seed", type=int, default=0, help="request seed (default: %(default)s)")
+    p.add_argument("--classes", type=int, nargs="+", default=None, help="class ids (default: all)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_sampler_args(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("export", help="export a pool as npz arrays or class folders of PNGs")
+    p.add_argument("pool", help="pool folder")
+    p.add_argument("--format", choices=("npz", "imagefolder"), default="npz")
+    p.add_argument("--out", required=True, help="output .npz file or folder")
+    p.set_defaults(func=cmd_export)
+
+    try:
+        from deliberate import theory_cli
+    except ImportError:
+        theory_cli = None
+    if theory_cli is not None:
+        theory_cli.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `deliberate` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except DeliberateError as e:
+        print(f"deliberate: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("deliberate: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

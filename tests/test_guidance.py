@@ -1,0 +1,140 @@
+"""Entropy guidance: sign, normalisation, off-equals-plain, NaN safety, guided-step choice."""
+
+import math
+
+import pytest
+import torch
+
+from deliberate.errors import DeliberateError
+from deliberate.guidance import (
+    EntropyGuidance,
+    GuidanceSettings,
+    criterion_value,
+    guided_sampler_kwargs,
+    learner_fingerprint,
+)
+from deliberate.learner import build_learner
+from deliberate.sampling import cfg_output, make_scheduler, sample
+from tests.test_generator import tiny_backend
+
+
+class LinearLearner(torch.nn.Module):
+    """A fixed linear classifier whose entropy is far from its maximum, so gradients are informative."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = torch.nn.Linear(784, 10)
+        torch.nn.init.normal_(self.fc.weight, std=0.2)
+
+    def forward(self, images01):
+        return self.fc(images01.flatten(1) * 2 - 1)
+
+
+@pytest.fixture(scope="module")
+def models():
+    learner = LinearLearner().eval()
+    learner.requires_grad_(False)
+    return tiny_backend(), learner
+
+
+def _criterion_at(backend, learner, x, t, labels, sched, criterion="entropy"):
+    from deliberate.sampling import predict_x0
+
+    x0 = predict_x0(sched, backend.model_output(x, t, backend.cond(labels)), x, t)
+    return criterion_value(learner(backend.decode(x0)), labels, criterion)
+
+
+@pytest.mark.parametrize("criterion", ["entropy", "cross_entropy", "margin"])
+@pytest.mark.parametrize("mode", ["relative", "classifier"])
+def test_one_guidance_step_raises_the_criterion(models, criterion, mode):
+    backend, learner = models
+    sched = make_scheduler(backend, "ddim", 10)
+    labels = torch.arange(8) % 10
+    torch.manual_seed(1)
+    x = torch.randn(8, *backend.latent_shape)
+    t = sched.timesteps[5].expand(8)
+    omega = 0.002 if mode == "relative" else 0.005  # small: a first-order check of the sign
+    # The classifier form shifts x̂0 along the x_t-gradient; that is an ascent direction for the
+    # criterion at x̂0 only when dx̂0/dx_t is a positive multiple of the identity, as it is with
+    # through_denoiser=False (a random tiny UNet's Jacobian is arbitrary).
+    settings = GuidanceSettings(omega=omega, mode=mode, criterion=criterion,
+                                through_denoiser=mode == "relative")
+    hook = EntropyGuidance(backend, learner, settings)
+    with torch.no_grad():
+        out = cfg_output(backend, x, t, backend.cond(labels), backend.null_cond(8), 1.0)
+        before = _criterion_at(backend, learner, x, t, labels, sched, criterion)
+        x_new, out_new = hook(x, t, 5, backend.cond(labels), out, sched, labels)
+        if mode == "relative":
+            after = _criterion_at(backend, learner, x_new, t, labels, sched, criterion)
+            assert torch.equal(out_new, out)  # FGDS: the stale model output is kept
+        else:
+            assert torch.equal(x_new, x)
+            from deliberate.sampling import predict_x0
+
+            x0_old, x0_new = predict_x0(sched, out, x, t), predict_x0(sched, out_new, x, t)
+            after = criterion_value(learner(backend.decode(x0_new)), labels, criterion)
+            before = criterion_value(learner(backend.decode(x0_old)), labels, criterion)
+    assert (after > before).float().mean() >= 0.75, (before, after)
+    assert after.mean() > before.mean()
+
+
+def test_relative_step_has_norm_omega_times_x_norm(models):
+    backend, learner = models
+    sched = make_scheduler(backend, "ddim", 10)
+    labels = torch.arange(4)
+    x = torch.randn(4, *backend.latent_shape) * torch.tensor([0.5, 1, 2, 4]).view(4, 1, 1, 1)
+    t = sched.timesteps[2].expand(4)
+    hook = EntropyGuidance(backend, learner, GuidanceSettings(omega=0.05))
+    x_new, _ = hook(x, t, 2, backend.cond(labels), torch.zeros_like(x), sched, labels)
+    step = (x_new - x).flatten(1).norm(dim=1)
+    assert torch.allclose(step, 0.05 * x.flatten(1).norm(dim=1), rtol=1e-4)
+    assert hook.backward_passes == 4
+
+
+def test_guidance_off_equals_plain_sampling_bit_for_bit(models):
+    backend, learner = models
+    labels, seeds = torch.arange(6) % 10, list(range(6))
+    plain = sample(backend, labels, seeds, steps=4).images
+    hook, steps = guided_sampler_kwargs(backend, learner, GuidanceSettings(omega=0.0), 4)
+    assert hook is None and steps == ()
+    zero = EntropyGuidance(backend, learner, GuidanceSettings(omega=0.0))
+    off = sample(backend, labels, seeds, steps=4, guidance=zero, guided_steps=[0, 1, 2, 3]).images
+    assert torch.equal(plain, off)
+    hook, steps = guided_sampler_kwargs(backend, learner, GuidanceSettings(omega=0.05, every=1), 4)
+    guided = sample(backend, labels, seeds, steps=4, guidance=hook, guided_steps=steps).images
+    assert not torch.equal(plain, guided)
+
+
+def test_nan_gradients_are_skipped_and_counted(models):
+    backend, _ = models
+
+    class NaNForFirst(torch.nn.Module):
+        def forward(self, images):
+            logits = images.flatten(1)[:, :10] * 3
+            return torch.cat([logits[:1] * float("nan"), logits[1:]])
+
+    hook = EntropyGuidance(backend, NaNForFirst(), GuidanceSettings(omega=0.05, every=1))
+    labels = torch.arange(3)
+    out = sample(backend, labels, [1, 2, 3], steps=3, guidance=hook, guided_steps=[0, 1, 2])
+    assert torch.isfinite(out.images).all()
+    assert hook.skipped == 3  # the first image at each of the three guided steps
+
+
+def test_guided_steps_and_validation():
+    s = GuidanceSettings(omega=0.05, every=3, until=0.8)
+    assert s.guided_steps(10) == [0, 3, 6]
+    assert GuidanceSettings(omega=0.05, every=5, until=1.0).guided_steps(30) == [0, 5, 10, 15, 20, 25]
+    assert GuidanceSettings(omega=0.0).guided_steps(10) == []
+    for bad in (dict(omega=-1.0), dict(omega=math.nan), dict(mode="x"), dict(criterion="x"),
+                dict(every=0), dict(until=0.0)):
+        with pytest.raises(DeliberateError):
+            GuidanceSettings(**bad).validate()
+
+
+def test_learner_fingerprint_changes_with_weights(models):
+    _, learner = models
+    a = learner_fingerprint(learner)
+    other = build_learner("small_resnet", 10, 1, 28)
+    assert a == learner_fingerprint(learner) and a != learner_fingerprint(other)
+    assert learner_fingerprint(build_learner("small_resnet", 10, 1, 28)) != learner_fingerprint(other)
