@@ -1,0 +1,285 @@
+"""Training the learner: the paper's recipe (App. D.5.1) as a resumable, seeded step loop.
+
+AdamW with a Warmup-Stable-Decay schedule, label smoothing, optional Mixup / CutMix, and a weight
+EMA. The EMA weights are the ones to evaluate and to guide with; `train_classifier` returns them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import v2
+from tqdm.auto import tqdm
+
+from deliberate.errors import DeliberateError
+from deliberate.learner import Learner, build_learner, evaluate, to_float01
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+Sampler = Callable[[torch.Generator, int], Batch]
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of one learner training run (SPEC §2.2)."""
+
+    iterations: int = 2000
+    """Optimiser steps in total, warm-up and cool-down included."""
+    batch_size: int = 128
+    """Images per optimiser step, drawn uniformly with replacement from the pool."""
+    lr: float = 2e-3
+    """Peak learning rate of the WSD schedule."""
+    weight_decay: float = 0.05
+    """AdamW decoupled weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW (beta1, beta2)."""
+    warmup_frac: float = 0.1
+    """Fraction of `iterations` spent in linear warm-up."""
+    cooldown_frac: float = 0.2
+    """Fraction of `iterations` spent in the cosine cool-down to zero."""
+    ema_decay: float = 0.999
+    """Weight-EMA decay (paper: "momentum 0.001"); warmed up as min(decay, (1+n)/(10+n))."""
+    label_smoothing: float = 0.11
+    """Label smoothing of the cross-entropy targets."""
+    mixup_alpha: float = 0.0
+    """Mixup Beta(alpha, alpha) parameter; 0 disables it (paper: 0.5)."""
+    cutmix_alpha: float = 0.0
+    """CutMix Beta(alpha, alpha) parameter; 0 disables it (paper: 1.0)."""
+    eval_every: int = 500
+    """Steps between evaluations in `train_classifier`."""
+    seed: int = 0
+    """Seeds the initial weights, batch sampling and all per-step randomness."""
+    augment: bool = False
+    """Random crop (zero padding 2) and horizontal flip, per image."""
+
+    def __post_init__(self):
+        self.betas = tuple(self.betas)  # YAML gives lists
+        checks = {
+            "iterations": self.iterations >= 1,
+            "batch_size": self.batch_size >= 1,
+            "lr": self.lr > 0,
+            "weight_decay": self.weight_decay >= 0,
+            "betas": len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            "warmup_frac": 0 <= self.warmup_frac <= 1,
+            "cooldown_frac": 0 <= self.cooldown_frac <= 1 - self.warmup_frac,
+            "ema_decay": 0 <= self.ema_decay < 1,
+            "label_smoothing": 0 <= self.label_smoothing < 1,
+            "mixup_alpha": self.mixup_alpha >= 0,
+            "cutmix_alpha": self.cutmix_alpha >= 0,
+            "eval_every": self.eval_every >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise DeliberateError(
+                    f"TrainConfig.{name} = {getattr(self, name)!r} is out of range"
+                )
+
+
+def wsd_lr(
+    step: int, total: int, peak: float, warmup_frac: float = 0.1, cooldown_frac: float = 0.2
+) -> float:
+    """Warmup-Stable-Decay learning rate for the update at 0-based `step` (Hu et al. 2024).
+
+    Linear warm-up to `peak` over the first `warmup_frac` of `total` steps (ending at peak, so no
+    update has lr 0), flat, then a cosine from `peak` to exactly 0 at `step == total`.
+    """
+    warmup = round(warmup_frac * total)
+    decay_start = total - round(cooldown_frac * total)
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    if step < decay_start:
+        return peak
+    progress = min(1.0, (step - decay_start) / max(total - decay_start, 1))
+    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@contextlib.contextmanager
+def cpu_rng(seed: int) -> Iterator[None]:
+    """Run a block with the global CPU RNG seeded to `seed`, restoring it afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield
+
+
+def random_crop_flip(x: torch.Tensor, pad: int = 2) -> torch.Tensor:
+    """Per-image random crop from a zero-padded copy plus a horizontal flip (global RNG)."""
+    b, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))  # (B, C, H + 2p, W + 2p)
+    dy = torch.randint(0, 2 * pad + 1, (b, 1))
+    dx = torch.randint(0, 2 * pad + 1, (b, 1))
+    flip = torch.rand(b, 1) < 0.5
+    rows = dy + torch.arange(h)  # (B, H)
+    cols = dx + torch.where(flip, torch.arange(w - 1, -1, -1), torch.arange(w))  # (B, W)
+    bi = torch.arange(b).view(b, 1, 1, 1)
+    ci = torch.arange(c).view(1, c, 1, 1)
+    idx = (bi, ci, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w))
+    return padded[tuple(i.to(x.device) for i in idx)]  # (B, C, H, W)
+
+
+def uniform_sampler(images: np.ndarray | torch.Tensor, labels) -> Sampler:
+    """A sampler drawing `batch_size` examples uniformly with replacement from fixed arrays.
+
+    Numpy arrays (memmaps included) are indexed per batch, so they are never loaded whole.
+    """
+    labels_t = torch.as_tensor(np.asarray(labels)).long()
+    if len(images) != len(labels_t) or len(images) == 0:
+        raise DeliberateError(
+            f"need as many labels as images (>0); got {len(images)}, {len(labels_t)}"
+        )
+
+    def sample(generator: torch.Generator, batch_size: int) -> Batch:
+        idx = torch.randint(len(images), (batch_size,), generator=generator)
+        batch = images[idx.numpy()] if isinstance(images, np.ndarray) else images[idx]
+        return torch.as_tensor(batch), labels_t[idx]
+
+    return sample
+
+
+class Trainer:
+    """Owns the learner, its EMA copy, AdamW, the WSD schedule, the step counter and the RNG.
+
+    `model` holds the live weights being optimised; evaluate and guide with `ema`.
+    """
+
+    def __init__(self, learner: Learner, cfg: TrainConfig):
+        self.cfg = cfg
+        self.model = learner
+        # A manual EMA over the whole state_dict, so BatchNorm statistics are averaged too.
+        self.ema = copy.deepcopy(learner).eval().requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(
+            learner.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda s: wsd_lr(s, cfg.iterations, 1.0, cfg.warmup_frac, cfg.cooldown_frac),
+        )
+        self.step_count = 0
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        mixes = [
+            cls(alpha=alpha, num_classes=learner.num_classes)
+            for cls, alpha in ((v2.MixUp, cfg.mixup_alpha), (v2.CutMix, cfg.cutmix_alpha))
+            if alpha > 0
+        ]
+        # As in torchvision's reference recipe: one of the enabled mixes per batch.
+        self.mix = v2.RandomChoice(mixes) if mixes else None
+
+    @property
+    def lr(self) -> float:
+        """The learning rate the next step will use."""
+        return self.optimizer.param_groups[0]["lr"]
+
+    @property
+    def in_cooldown(self) -> bool:
+        """Whether the schedule has entered its final decay (DP adds no data from then on)."""
+        return self.step_count >= self.cfg.iterations - round(
+            self.cfg.cooldown_frac * self.cfg.iterations
+        )
+
+    def step(self, images, labels) -> float:
+        """One optimiser step on uint8 (B, H, W[, C]) or float (B, C, H, W) images; returns loss."""
+        device = next(self.model.parameters()).device
+        x = to_float01(images).to(device)  # (B, C, H, W)
+        y = torch.as_tensor(labels).long().to(device)  # (B,)
+        # A per-step seed from the saved generator makes crops, mixes and dropout resumable.
+        seed = int(torch.randint(2**62, (1,), generator=self.generator))
+        self.model.train()
+        with cpu_rng(seed):
+            if self.cfg.augment:
+                x = random_crop_flip(x)
+            target = y
+            if self.mix is not None:
+                x, target = self.mix(x, y)  # target: (B, num_classes) soft labels
+            loss = F.cross_entropy(self.model(x), target, label_smoothing=self.cfg.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step_count += 1
+        self._update_ema()
+        return loss.item()
+
+    def train_steps(self, sampler: Sampler, n: int) -> list[float]:
+        """Take `n` steps on batches from `sampler(self.generator, batch_size)`; returns losses."""
+        return [self.step(*sampler(self.generator, self.cfg.batch_size)) for _ in range(n)]
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        # The decay warm-up keeps early EMA weights from being dominated by the random init.
+        n = self.step_count
+        decay = min(self.cfg.ema_decay, (1 + n) / (10 + n))
+        for ema_t, t in zip(
+            self.ema.state_dict().values(), self.model.state_dict().values(), strict=True
+        ):
+            if ema_t.is_floating_point():
+                ema_t.lerp_(t, 1.0 - decay)
+            else:
+                ema_t.copy_(t)  # BatchNorm's num_batches_tracked
+
+    def state_dict(self) -> dict:
+        """Tensors and plain numbers only (loadable with torch.load(weights_only=True)).
+
+        Like nn.Module.state_dict, the tensors are live references: save or clone them.
+        """
+        return {
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step_count,
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a `state_dict()`; further steps then match an uninterrupted run bit for bit."""
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])  # before the scheduler: it owns the lr
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step_count = int(state["step"])
+        self.generator.set_state(state["generator"])
+
+
+def train_classifier(
+    images,
+    labels,
+    cfg: TrainConfig,
+    eval_sets: dict[str, tuple] | None = None,
+    progress: bool = True,
+    *,
+    arch: str = "small_resnet",
+    num_classes: int | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[Learner, list[dict]]:
+    """Train a fresh learner on uint8 images (N, H, W[, C]); returns (EMA learner, history).
+
+    History rows: step, loss (mean since the last row), lr, time_s, and acc_<name> per eval set,
+    measured with the EMA weights every `cfg.eval_every` steps and at the end.
+    """
+    shape = tuple(np.shape(images))
+    if len(shape) not in (3, 4):
+        raise DeliberateError(f"train_classifier: images must be (N,H,W[,C]); got {shape}")
+    num_classes = num_classes or int(np.max(labels)) + 1
+    with cpu_rng(cfg.seed):
+        learner = build_learner(arch, num_classes, shape[3] if len(shape) == 4 else 1, shape[1])
+    trainer = Trainer(learner.to(device), cfg)
+    sampler = uniform_sampler(images, labels)
+    history, start = [], time.perf_counter()
+    with tqdm(total=cfg.iterations, desc="train", disable=not progress) as bar:
+        while trainer.step_count < cfg.iterations:
+            n = min(cfg.eval_every, cfg.iterations - trainer.step_count)
+            losses = trainer.train_steps(sampler, n)
+            row = {"step": trainer.step_count, "loss": float(np.mean(losses)), "lr": trainer.lr}
+            for name, (eval_images, eval_labels) in (eval_sets or {}).items():
+                row[f"acc_{name}"] = evaluate(trainer.ema, eval_images, eval_labels)
+            row["time_s"] = time.perf_counter() - start
+            history.append(row)
+            bar.update(n)
+            bar.set_postfix({k: round(v, 4) for k, v in row.items() if k != "step"})
+    return trainer.ema, history
