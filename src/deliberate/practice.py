@@ -1,0 +1,426 @@
+"""Deliberate Practice, Algorithm 1 of the paper (ICML 2025, §3): the pool grows when learning stalls.
+
+    D_0 <- N plain images (omega = 0: the learner is untrained)            _Run.generate_round(0)
+    for `iterations` optimiser steps (WSD: warm-up, stable, cool-down):      _Run.loop
+        one step on a minibatch drawn uniformly from the pool D_k            Trainer.train_steps
+        every tau steps: a <- val accuracy of the EMA learner                _Run.evaluate
+            T <- 0 if a is a new best, else T + 1                            decide
+            if T >= T_max,k, warm-up is over, cool-down has not begun and |D_k| < max_images:
+                D_{k+1} <- D_k + P images guided by the current EMA learner  _Run.generate_round(k+1)
+                T <- 0
+
+The EMA weights are evaluated AND guide generation: the learner that decides a round is needed is
+the one whose entropy the new images raise. The real test set is only reported, never decides.
+The static baseline is the same loop with every image up front: `practice.per_round: 0`.
+Branch-outs (SPEC §2.2): before each addition the run is forked; after the main run each fork
+finishes training on its frozen pool, giving one more (pool size, accuracy) point.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from deliberate.config import field, to_dict
+from deliberate.data.fashion_mnist import load_eval_split
+from deliberate.data.pool import Pool, atomic_file
+from deliberate.errors import DeliberateError
+from deliberate.generate import SamplerSettings, generate_into_pool, plan
+from deliberate.generators.base import to_uint8
+from deliberate.generators.pixel import load_pixel_backend
+from deliberate.guidance import GuidanceSettings, guided_sampler_kwargs, learner_fingerprint
+from deliberate.learner import ARCHS, build_learner, evaluate, to_float01
+from deliberate.rundir import RunDir
+from deliberate.sampling import SCHEDULERS, sample
+from deliberate.training import TrainConfig, Trainer, cpu_rng, uniform_sampler
+
+ROUND_STRIDE = 10_000_000  # image seed = seed * 1e9 + round * ROUND_STRIDE + index (generate.plan)
+MAX_ROUNDS = 99
+# Compute so far, logged in every metrics row: denoiser forward passes (CFG counts two), learner
+# backward passes for guidance (per image and guided step), NaN gradients zeroed, wall seconds.
+LEDGER = ("denoiser_evals", "guidance_backward", "guidance_skipped",
+          "seconds_generate", "seconds_train", "seconds_eval")  # fmt: skip
+
+
+@dataclass
+class GeneratorSettings:
+    """Which generator, and how it samples (everything but label, seed and guidance)."""
+
+    path: str | None = field(None, "generator folder; null = the shipped Fashion-MNIST model")
+    sampler: SamplerSettings = field(
+        SamplerSettings(), "steps, CFG λ (paper Eq. 5), eta, scheduler"
+    )
+    batch_size: int = field(250, "images per sampling batch (and pool shard)", ge=1)
+
+
+@dataclass
+class LearnerSettings:
+    """The classifier and its recipe (training.TrainConfig's fields; SPEC §2.2)."""
+
+    arch: str = field("small_resnet", "classifier architecture", choices=ARCHS)
+    input_size: int = field(0, "side the backbone sees (differentiable resize); 0 = native", ge=0)
+    iterations: int = field(TrainConfig.iterations, "optimiser steps in all: the budget", ge=1)
+    batch_size: int = field(TrainConfig.batch_size, "images per optimiser step", ge=1)
+    lr: float = field(TrainConfig.lr, "peak learning rate (WSD schedule)", gt=0)
+    weight_decay: float = field(TrainConfig.weight_decay, "AdamW weight decay", ge=0)
+    betas: tuple[float, float] = field(TrainConfig.betas, "AdamW (beta1, beta2)")
+    warmup_frac: float = field(TrainConfig.warmup_frac, "linear warm-up share", ge=0, le=1)
+    cooldown_frac: float = field(TrainConfig.cooldown_frac, "cosine cool-down share", ge=0, le=1)
+    ema_decay: float = field(TrainConfig.ema_decay, "weight-EMA decay", ge=0, le=1)
+    label_smoothing: float = field(TrainConfig.label_smoothing, "label smoothing", ge=0, le=1)
+    mixup_alpha: float = field(TrainConfig.mixup_alpha, "Mixup alpha; 0 = off", ge=0)
+    cutmix_alpha: float = field(TrainConfig.cutmix_alpha, "CutMix alpha; 0 = off", ge=0)
+    augment: bool = field(TrainConfig.augment, "random crop (pad 2) and horizontal flip")
+
+    def train_config(self, eval_every: int, seed: int) -> TrainConfig:
+        """The TrainConfig of this recipe (validates it)."""
+        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        del own["arch"], own["input_size"]
+        return TrainConfig(**own, eval_every=eval_every, seed=seed)
+
+
+@dataclass
+class LoopSettings:
+    """Algorithm 1's knobs: pool sizes, patience, evaluation interval, branch-outs."""
+
+    initial: int = field(1000, "N: plain (omega = 0) images generated before training", ge=1)
+    per_round: int = field(500, "P: guided images per round; 0 = static baseline (no rounds)", ge=0)
+    max_images: int = field(3000, "image budget: the pool never grows past it", ge=1)
+    patience: int = field(2, "T_max,0: evaluations without a new best val accuracy", ge=1)
+    patience_mode: str = field(
+        "incremental",
+        "fixed: T_max,k = T_max,0; incremental: T_max,k = ceil(T_max,0 * |D_k| / N) (SPEC §2.3)",
+        choices=("fixed", "incremental"),
+    )
+    eval_every: int = field(100, "tau: optimiser steps between evaluations", ge=1)
+    test_every: int = field(1, "test-set eval every k-th evaluation (+ the last); 0 = last", ge=0)
+    new_data_weight: float = field(1.0, "sampling weight of the newest round (Table 3: 2)", gt=0)
+    branch_outs: bool = field(False, "fork before each addition; finish forks without new data")
+
+
+@dataclass
+class PracticeConfig:
+    """One Deliberate Practice run (or, with per_round 0, its static baseline)."""
+
+    generator: GeneratorSettings = field(GeneratorSettings(), "generator and sampler")
+    guidance: GuidanceSettings = field(GuidanceSettings(), "entropy guidance of rounds k >= 1")
+    learner: LearnerSettings = field(LearnerSettings(), "classifier and training recipe")
+    practice: LoopSettings = field(LoopSettings(), "Algorithm 1: N, P, patience, tau, budgets")
+    seed: int = field(0, "seeds image noise, learner init and batch order", ge=0, le=2**31 - 1)
+    threads: int = field(0, "torch CPU threads; 0 = torch's default", ge=0)
+    device: str = field("cpu", "torch device of generator and learner", choices=("cpu", "cuda"))
+    data_dir: str | None = field(None, "Fashion-MNIST idx folder; null = the default lookup")
+
+    def validate(self) -> None:
+        p = self.practice
+        self.generator.sampler.validate()
+        self.guidance.validate()
+        self.learner.train_config(p.eval_every, self.seed)
+        if self.generator.sampler.scheduler not in SCHEDULERS:
+            raise DeliberateError(f"generator.sampler.scheduler must be one of {list(SCHEDULERS)}")
+        if p.max_images < p.initial:
+            raise DeliberateError(
+                f"practice.max_images={p.max_images} is below initial={p.initial}"
+            )
+        rounds = -(-(p.max_images - p.initial) // p.per_round) if p.per_round else 0
+        if max(p.initial, p.per_round) >= ROUND_STRIDE or rounds > MAX_ROUNDS:
+            raise DeliberateError(f"practice: at most {MAX_ROUNDS} rounds of < 1e7 images each")
+
+
+def patience_limit(p: LoopSettings, pool_size: int) -> int:
+    """T_max,k: fixed, or grown with the pool so each image gets as many views per plateau."""
+    if p.patience_mode == "fixed":
+        return p.patience
+    return -(-p.patience * pool_size // p.initial)  # ceil(T_max,0 * |D_k| / N), in integers
+
+
+@dataclass
+class LoopState:
+    """What a resumed run needs besides the trainer; plain numbers, so it is checkpointable."""
+
+    round: int = -1  # last round wholly in the pool; -1 before D_0 exists
+    pending: bool = True  # round `round + 1` was decided (and checkpointed) but is not complete
+    pool_size: int = 0
+    best_val: float = -1.0
+    patience: int = 0  # T: evaluations since the last new best
+    evals: int = 0  # metrics rows this state accounts for
+    last_entropy: float | None = None  # mean learner entropy of the last round at generation
+    forks: list = dataclasses.field(default_factory=list)  # [round, iteration, pool size] each
+    ledger: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(LEDGER, 0))
+
+
+def decide(cfg: PracticeConfig, state: LoopState, val_acc: float, step: int) -> bool:
+    """Update patience T with one evaluation; True when round k + 1 must be generated now."""
+    p, lrn = cfg.practice, cfg.learner
+    if val_acc > state.best_val:
+        state.best_val, state.patience = val_acc, 0
+    else:
+        state.patience += 1
+    warmup_end = round(lrn.warmup_frac * lrn.iterations)
+    cooldown_start = lrn.iterations - round(lrn.cooldown_frac * lrn.iterations)  # = Trainer's
+    allowed = p.per_round > 0 and state.pool_size < p.max_images
+    allowed = allowed and warmup_end <= step < cooldown_start
+    return allowed and state.patience >= patience_limit(p, state.pool_size)
+
+
+class _Run:
+    """The main run or one branch: trainer, loop state, pool view and their run folder."""
+
+    def __init__(self, cfg, backend, split, pool, rd, progress, callback):
+        self.cfg, self.backend, self.split, self.pool, self.rd = cfg, backend, split, pool, rd
+        self.progress, self.callback = progress, callback
+        self.limit, self.tag = None, "train"  # a branch trains on the first `limit` images only
+        c, size, _ = backend.image_shape
+        lrn = cfg.learner
+        with cpu_rng(cfg.seed):  # the initial weights depend on the seed only
+            net = build_learner(
+                lrn.arch, backend.num_classes, c, size, input_size=lrn.input_size or None
+            )
+        tc = lrn.train_config(cfg.practice.eval_every, cfg.seed)
+        self.trainer, self.state, self.sampler = Trainer(net.to(cfg.device), tc), LoopState(), None
+
+    def restore(self, ckpt: dict | None) -> None:
+        """Continue from a checkpoint (None: from scratch); drop metrics rows written after it."""
+        if ckpt is not None:
+            self.trainer.load_state_dict(ckpt["trainer"])
+            self.state = LoopState(**ckpt["loop"])
+            torch.set_rng_state(ckpt["rng"])
+        self.rd.truncate_metrics(self.state.evals)
+
+    def checkpoint(self, path: Path | None = None, state: LoopState | None = None) -> None:
+        loop = asdict(state or self.state)
+        ckpt = {"trainer": self.trainer.state_dict(), "loop": loop, "rng": torch.get_rng_state()}
+        self.rd.save_checkpoint(ckpt, path)
+
+    def notify(self, event: str, info: dict) -> None:
+        if self.callback is not None:
+            self.callback(event, info)  # tests raise here to simulate a crash
+
+    def generate_round(self, k: int) -> None:
+        """Add round k: N plain images for k = 0, else P images guided by the EMA learner."""
+        cfg, st, backend = self.cfg, self.state, self.backend
+        s, p = cfg.generator.sampler, cfg.practice
+        n = p.initial if k == 0 else min(p.per_round, p.max_images - st.pool_size)
+        classes = range(backend.num_classes)
+        pairs = plan(classes, -(-n // len(classes)), cfg.seed, k * ROUND_STRIDE)[:n]
+        learner = self.trainer.ema  # the evaluated weights decide AND guide (module docstring)
+        hook, steps = guided_sampler_kwargs(backend, learner if k else None, cfg.guidance, s.steps)
+        extra = {"round": k, "omega": cfg.guidance.omega if hook else 0.0}
+        if k:
+            extra["fingerprint"] = learner_fingerprint(learner)
+
+        def sample_fn(labels, seeds):
+            self.notify("sample", {"round": k, "seeds": seeds})
+            out = sample(backend, labels, seeds, **asdict(s), guidance=hook, guided_steps=steps)
+            if k:  # the learner's entropy on the image exactly as stored (uint8)
+                stored = to_float01(to_uint8(out.images.cpu())).to(cfg.device)
+                with torch.no_grad():
+                    out.extras["entropy"] = learner.entropy(stored).cpu()
+            return out
+
+        t0 = time.perf_counter()
+        generate_into_pool(
+            backend,
+            self.pool,
+            pairs,
+            s,
+            batch_size=cfg.generator.batch_size,
+            extra=extra,
+            sample_fn=sample_fn,
+            progress=self.progress,
+        )
+        led = st.ledger  # counted from the request, so a resumed round adds up the same
+        led["denoiser_evals"] += n * (s.steps * (2 if s.cfg else 1) + len(steps))
+        led["guidance_backward"] += n * len(steps)
+        led["guidance_skipped"] += hook.skipped if hook else 0
+        led["seconds_generate"] += time.perf_counter() - t0
+        st.round, st.pending, st.pool_size, st.patience = k, False, len(self.pool), 0
+        entropies = [r.get("entropy") for r in self.pool.records() if r["round"] == k]
+        st.last_entropy = float(np.mean(entropies)) if k else None
+        self.checkpoint()
+        self.sampler = None
+
+    def make_sampler(self):
+        """Minibatches from the pool (its first `limit` images in a branch), read from disk."""
+        images, labels = self.pool.load_all()
+        rounds = np.array([r["round"] for r in self.pool.records()])
+        n = self.limit or len(images)
+        images, labels, rounds = images[:n], labels[:n], rounds[:n]
+        w = self.cfg.practice.new_data_weight
+        if w == 1 or rounds.max() == 0:
+            return uniform_sampler(images, labels)
+        weights = torch.where(torch.as_tensor(rounds == rounds.max()), w, 1.0).double()
+        labels_t = torch.as_tensor(labels)
+
+        def weighted(generator, batch_size):  # Table 3's "non-uni.": newest round up-weighted
+            idx = torch.multinomial(weights, batch_size, replacement=True, generator=generator)
+            return torch.as_tensor(images[idx.numpy()]), labels_t[idx]
+
+        return weighted
+
+    def evaluate(self, losses: list[float]) -> dict:
+        """Evaluate the EMA learner on real val (decides) and test (reported) images."""
+        t0, st, tr, p = time.perf_counter(), self.state, self.trainer, self.cfg.practice
+        step = tr.step_count
+        val = evaluate(tr.ema, self.split.val_images, self.split.val_labels)
+        last = step >= tr.cfg.iterations
+        test = None
+        if last or (p.test_every and (st.evals + 1) % p.test_every == 0):
+            test = evaluate(tr.ema, self.split.test_images, self.split.test_labels)
+        st.ledger["seconds_eval"] += time.perf_counter() - t0
+        phase = "warmup" if step < round(tr.cfg.warmup_frac * tr.cfg.iterations) else "stable"
+        return {
+            "iteration": step,
+            "pool_size": st.pool_size,
+            "round": st.round,
+            "val_acc": val,
+            "test_acc": test,
+            "train_loss": float(np.mean(losses)),
+            "lr": tr.lr,
+            "phase": "cooldown" if tr.in_cooldown else phase,
+            "entropy_last_round": st.last_entropy,
+            "learner_images": step * tr.cfg.batch_size,
+        }
+
+    def loop(self, grow: bool) -> None:
+        """Algorithm 1 from wherever the state stands, until the iterations budget is spent."""
+        cfg, st, tr = self.cfg, self.state, self.trainer
+        total, tau = tr.cfg.iterations, cfg.practice.eval_every
+        bar = tqdm(total=total, initial=tr.step_count, desc=self.tag, disable=not self.progress)
+        while True:
+            if st.pending and grow:  # decided and checkpointed: generate (or finish) the round
+                self.generate_round(st.round + 1)
+            if tr.step_count >= total:
+                break
+            self.sampler = self.sampler or self.make_sampler()
+            t0, losses = time.perf_counter(), []
+            for _ in range(min(tau, total - tr.step_count)):
+                losses += tr.train_steps(self.sampler, 1)
+                bar.update(1)
+            st.ledger["seconds_train"] += time.perf_counter() - t0
+            row = self.evaluate(losses)
+            add = decide(cfg, st, row["val_acc"], tr.step_count) and grow
+            row.update(
+                best_val=st.best_val,
+                patience=st.patience,
+                adds_round=add,
+                patience_limit=patience_limit(cfg.practice, st.pool_size),
+                **st.ledger,
+            )
+            self.rd.append_metrics(row)
+            st.evals += 1
+            bar.set_postfix(pool=st.pool_size, val=f"{row['val_acc']:.3f}", T=st.patience)
+            self.notify("eval", {**row, "run": self.tag})
+            if add:
+                st.pending = True
+                if cfg.practice.branch_outs:
+                    self.fork()
+            self.checkpoint()  # before generating: a crash mid-round resumes with this learner
+        bar.close()
+
+    def fork(self) -> None:
+        """Save a branch-out: this exact state, set to finish training on the current pool."""
+        st = self.state
+        st.forks.append([st.round, self.trainer.step_count, st.pool_size])
+        branch = dataclasses.replace(st, pending=False, evals=0, forks=[])
+        folder = self.rd.root / "branches" / f"round-{st.round}"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.checkpoint(folder / "fork.pt", branch)
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _finish_branch(main: _Run, k: int, iteration: int, size: int) -> dict:
+    """Train one fork to the end of the schedule on its frozen pool; resumable, then cached."""
+    rd = RunDir(main.rd.root / "branches" / f"round-{k}")
+    result_file = rd.root / "result.json"
+    if result_file.exists():
+        return json.loads(result_file.read_text())
+    run = _Run(main.cfg, main.backend, main.split, main.pool, rd, main.progress, main.callback)
+    run.limit, run.tag = size, f"branch {k}"
+    run.restore(rd.load_checkpoint() or rd.load_checkpoint(rd.root / "fork.pt"))
+    run.loop(grow=False)
+    last = rd.metrics()[-1]
+    result = {
+        "round": k,
+        "forked_at": iteration,
+        "pool_size": size,
+        "val_acc": last["val_acc"],
+        "test_acc": last["test_acc"],
+    }
+    with atomic_file(result_file) as f:
+        f.write(json.dumps(result).encode())
+    return result
+
+
+def run_practice(
+    cfg: PracticeConfig, out_dir: str | Path, progress: bool = True, callback=None
+) -> dict:
+    """Run (or resume) Algorithm 1 in `out_dir`; returns a summary of the final learner.
+
+    `callback(event, info)` is called after each metrics row ("eval", before the checkpoint) and
+    before each sampling batch ("sample"); an exception it raises stops the run like a crash.
+    """
+    cfg.validate()
+    rd = RunDir(out_dir)
+    rd.claim(to_dict(cfg))
+    with _threads(cfg.threads):
+        backend = load_pixel_backend(cfg.generator.path, device=cfg.device)
+        split = load_eval_split(cfg.data_dir)
+        c, h, w = backend.image_shape
+        meta = {
+            "class_names": list(backend.class_names),
+            "num_classes": backend.num_classes,
+            "image_shape": [h, w] if c == 1 else [h, w, c],
+            "generator": backend.identifier,
+        }
+        pool = Pool.open_or_create(rd.root / "pool", meta)  # refuses another generator's pool
+        main = _Run(cfg, backend, split, pool, rd, progress, callback)
+        main.restore(rd.load_checkpoint())
+        main.loop(grow=True)
+        branches = [_finish_branch(main, *fork) for fork in main.state.forks]
+        from deliberate.report import write_practice_report
+
+        last = rd.metrics()[-1]
+        summary = {
+            "pool_size": main.state.pool_size,
+            "rounds": main.state.round,
+            "iterations": last["iteration"],
+            "val_acc": last["val_acc"],
+            "test_acc": last["test_acc"],
+            "branches": branches,
+            **{k: last[k] for k in main.state.ledger},
+        }
+        paired = _plain_twins(main) if cfg.guidance.omega > 0 and main.state.round >= 1 else None
+        write_practice_report(rd.root, rd.metrics(), pool, summary, paired)
+    return summary
+
+
+def _plain_twins(run: _Run, per_class: int = 10):
+    """Round 1's first guided images per class and the same seeds sampled with omega = 0."""
+    first = [r for r in run.pool.records() if r["round"] == 1]
+    by_class = [[r for r in first if r["label"] == c] for c in range(run.backend.num_classes)]
+    rows = [r for rows in by_class for r in rows[:per_class]]
+    guided, labels = run.pool.get([r["id"] for r in rows])
+    s = run.cfg.generator.sampler  # its fields are exactly sample()'s keyword arguments
+    plain = sample(
+        run.backend, torch.as_tensor(labels), [r["seed"] for r in rows], **asdict(s)
+    ).images
+    return to_uint8(plain.cpu()).numpy(), guided, labels

@@ -1,0 +1,64 @@
+"""`deliberate run CONFIG --out DIR`: Deliberate Practice (Algorithm 1) or its static baseline.
+
+`register(subparsers)` adds the command to the main parser. Re-running the same command resumes an
+interrupted run; a different config aimed at the same folder is refused with one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def cmd_run(args) -> int:
+    from deliberate.config import load_config
+    from deliberate.errors import DeliberateError
+    from deliberate.practice import PracticeConfig, run_practice
+
+    config = args.config
+    if config is None:  # resume with the config the run was started with
+        config = Path(args.out) / "config.yaml"
+        if not config.is_file():
+            raise DeliberateError(f"{args.out} holds no run to resume; give a CONFIG file")
+    cfg = load_config(PracticeConfig, config, args.set)
+    s = run_practice(cfg, args.out, progress=not args.quiet)
+    pct = lambda v: "n/a" if v is None else f"{100 * v:.2f} %"  # noqa: E731
+    print(
+        f"{args.out}: pool {s['pool_size']} images ({s['rounds']} guided round(s)), "
+        f"{s['iterations']} iterations: real val {pct(s['val_acc'])}, real test {pct(s['test_acc'])}"
+    )
+    for b in s["branches"]:
+        print(
+            f"  branch-out at round {b['round']} (pool {b['pool_size']}): "
+            f"val {pct(b['val_acc'])}, test {pct(b['test_acc'])}"
+        )
+    print(f"report: {Path(args.out) / 'report'}")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add `run` to the `deliberate` parser."""
+    p = subparsers.add_parser(
+        "run",
+        help="run Deliberate Practice (or the static baseline) from a YAML config",
+        description="Train a learner on synthetic images, adding entropy-guided images whenever "
+        "real validation accuracy plateaus (Algorithm 1). Re-run the same command to resume.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "config",
+        nargs="?",
+        default=None,
+        help="YAML config, e.g. configs/fmnist/dp.yaml "
+        "(omit to resume DIR with its saved config.yaml)",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder (created or resumed)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set practice.patience=3 (repeatable)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_run)

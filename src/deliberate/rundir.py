@@ -1,0 +1,107 @@
+"""A run directory on disk: its resolved config, atomic checkpoints and append-only metrics.
+
+Resume is "run the same command again": `RunDir.claim` writes `config.yaml` on the first call and
+refuses a different config afterwards; checkpoints are plain dicts of tensors and numbers written
+via temp file + rename and read back with `torch.load(weights_only=True)`; `metrics.jsonl` holds
+one row per evaluation and is cut back to the rows a checkpoint knows about when a run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from deliberate.data.pool import atomic_file
+from deliberate.errors import DeliberateError
+
+
+def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
+    """The dotted path of the first value that differs between two nested mappings, or None."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in list(a) + [k for k in b if k not in a]:
+            where = f"{path}.{key}" if path else str(key)
+            if key not in a or key not in b:
+                return where
+            if (found := _first_difference(a[key], b[key], where)) is not None:
+                return found
+        return None
+    return None if a == b else (path or "<root>")
+
+
+def _lookup(data: dict, dotted: str) -> Any:
+    for key in dotted.split("."):
+        data = data.get(key, "<absent>") if isinstance(data, dict) else "<absent>"
+    return data
+
+
+class RunDir:
+    """Paths and file I/O of one run (or branch) folder."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.config_file = self.root / "config.yaml"
+        self.checkpoint_file = self.root / "checkpoint.pt"
+        self.metrics_file = self.root / "metrics.jsonl"
+
+    def claim(self, config: dict) -> None:
+        """Write the resolved config, or check it equals the one this folder was started with."""
+        config = json.loads(json.dumps(config))  # tuples -> lists, as YAML gives them back
+        if self.config_file.exists():
+            try:
+                old = yaml.safe_load(self.config_file.read_text())
+            except (OSError, yaml.YAMLError) as e:
+                raise DeliberateError(
+                    f"{self.config_file} is unreadable ({e}); restore it"
+                ) from None
+            where = _first_difference(old, config)
+            if where is not None:
+                raise DeliberateError(
+                    f"{self.root} was started with a different config ({where}: "
+                    f"{_lookup(old, where)!r} there, {_lookup(config, where)!r} here); "
+                    "re-run with the same config to resume, or choose another --out"
+                )
+            return
+        if self.root.exists() and any(self.root.iterdir()):
+            raise DeliberateError(
+                f"{self.root} is not empty and holds no run; choose another --out"
+            )
+        self.root.mkdir(parents=True, exist_ok=True)
+        with atomic_file(self.config_file) as f:
+            f.write(yaml.safe_dump(config, sort_keys=False).encode())
+
+    def save_checkpoint(self, state: dict, path: Path | None = None) -> None:
+        """Write a checkpoint atomically (a crash leaves the previous one intact)."""
+        with atomic_file(path or self.checkpoint_file) as f:
+            torch.save(state, f)
+
+    def load_checkpoint(self, path: Path | None = None) -> dict | None:
+        """The latest checkpoint (tensors on the CPU), or None when the run has not saved one."""
+        path = path or self.checkpoint_file
+        if not path.exists():
+            return None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises many types for a damaged file
+            first = (str(e).splitlines() or [type(e).__name__])[0]
+            raise DeliberateError(f"checkpoint {path} is unreadable ({first}); delete it") from None
+
+    def metrics(self) -> list[dict]:
+        """Every metrics row written so far."""
+        if not self.metrics_file.exists():
+            return []
+        return [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line]
+
+    def truncate_metrics(self, rows: int) -> None:
+        """Keep the first `rows` rows: later ones were written after the checkpoint we resume."""
+        kept = self.metrics()[:rows]
+        with atomic_file(self.metrics_file) as f:
+            f.write("".join(json.dumps(r) + "\n" for r in kept).encode())
+
+    def append_metrics(self, row: dict) -> None:
+        """Append one row and flush it to disk."""
+        with open(self.metrics_file, "a") as f:
+            f.write(json.dumps(row) + "\n")
