@@ -181,7 +181,7 @@ def load_pixel_backend(path: str | Path | None = None, device: str = "cpu") -> P
     try:
         meta = json.loads(meta_file.read_text())
         unet = UNet2DModel.from_pretrained(
-            path / "unet", use_safetensors=True, local_files_only=True
+            path / "unet", use_safetensors=True, local_files_only=True, low_cpu_mem_usage=False
         )
         sched = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
     except (OSError, ValueError, KeyError, RuntimeError) as e:
