@@ -54,7 +54,7 @@ def test_sampling_is_deterministic_per_seed_whatever_the_batch():
     halves = torch.cat([sample(backend, labels[i : i + 2], seeds[i : i + 2], steps=3, cfg=1.0).images
                         for i in range(0, 6, 2)])
     assert torch.equal(to_uint8(full), to_uint8(halves))
-    assert full.shape == (6, 1, 28, 28) and 0 <= full.min() and full.max() <= 1
+    assert full.shape == (6, 1, 28, 28) and full.min() >= 0 and full.max() <= 1
     other = sample(backend, labels, [s + 100 for s in seeds], steps=3, cfg=1.0).images
     assert not torch.equal(full, other)
 
@@ -123,13 +123,22 @@ def test_corrupt_or_missing_generator_is_a_one_line_error(tmp_path):
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.skipif(not DEFAULT_GENERATOR.exists(), reason="shipped generator not trained yet")
 def test_shipped_generator_loads_and_generates_each_class():
     backend = load_pixel_backend()
     assert backend.num_classes == 10 and backend.image_shape == (1, 28, 28)
     size = sum(f.stat().st_size for f in DEFAULT_GENERATOR.rglob("*") if f.is_file())
     assert size <= 20 * 2**20
-    labels = torch.arange(10)
-    images = sample(backend, labels, list(range(10)), steps=10, cfg=1.0).images
-    assert images.shape == (10, 1, 28, 28)
+    labels = torch.arange(10).repeat(20)
+    images = sample(backend, labels, list(range(200)), steps=10, cfg=1.0).images
+    assert images.shape == (200, 1, 28, 28)
     assert 0.05 < images.mean() < 0.6  # not blank, not saturated
+    # The intended class must be recognisable: nearest real class-mean image (a weak judge that
+    # scores 68% on real test images) agrees with the label far above the 10% chance level.
+    from deliberate.data.fashion_mnist import load_fashion_mnist
+
+    real = load_fashion_mnist()
+    flat = real.train_images.reshape(len(real.train_images), -1) / 255.0
+    means = np.stack([flat[real.train_labels == c].mean(0) for c in range(10)])
+    gen = images.flatten(1).numpy()
+    pred = ((gen[:, None, :] - means[None]) ** 2).sum(-1).argmin(1)
+    assert (pred == labels.numpy()).mean() >= 0.6

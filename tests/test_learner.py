@@ -25,15 +25,6 @@ from deliberate.training import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Use one CPU thread: with a busy second core, two OpenMP threads run ~50x slower here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def squares(n: int, num_classes: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Separable data: a bright 8x8 square in a class-specific quadrant, jittered, on noise."""
     rng = np.random.default_rng(seed)

@@ -141,6 +141,12 @@ def cmd_demo(args) -> int:
     return code
 
 
+def add_set_argument(p: argparse.ArgumentParser, example: str) -> None:
+    """The repeatable `--set key.sub=value` config override shared by config-driven commands."""
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override a config value, e.g. --set {example} (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deliberate",
@@ -159,13 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, help="run folder (checkpoints, sample grids, generator/)"
     )
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST folder (idx files)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set train.steps=100 (repeatable)",
-    )
+    add_set_argument(p, "train.steps=100")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train_generator)
 

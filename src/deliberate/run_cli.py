@@ -38,6 +38,7 @@ def cmd_run(args) -> int:
 
 def register(subparsers) -> None:
     """Add `run` to the `deliberate` parser."""
+    from deliberate.cli import add_set_argument  # here: cli imports this module while building
     p = subparsers.add_parser(
         "run",
         help="run Deliberate Practice (or the static baseline) from a YAML config",
@@ -53,12 +54,6 @@ def register(subparsers) -> None:
         "(omit to resume DIR with its saved config.yaml)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="run folder (created or resumed)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set practice.patience=3 (repeatable)",
-    )
+    add_set_argument(p, "practice.patience=3")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_run)
