@@ -36,7 +36,7 @@ from deliberate.sampling import sample
 from deliberate.training import train_classifier
 from learner_recipe import RECIPES
 
-DEFAULTS = {"steps": 10, "cfg": 1.0}
+DEFAULTS = {"steps": 10, "cfg": 0.5}
 
 
 def generate(backend, per_class, steps, cfg, batch_size=500, seed=0):

@@ -24,7 +24,7 @@ def _add_sampler_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cfg",
         type=float,
-        default=1.0,
+        default=0.5,
         help="classifier-free guidance λ, paper convention (1+λ)·cond − λ·uncond "
         "(default: %(default)s)",
     )

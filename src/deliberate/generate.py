@@ -29,7 +29,7 @@ class SamplerSettings:
     """What, besides label and seed, determines an image."""
 
     steps: int = 10
-    cfg: float = 1.0
+    cfg: float = 0.5  # CFG λ: 0.5 met both the fidelity and usefulness bars (BENCHMARKS.md)
     eta: float = 0.0
     scheduler: str = "ddim"
 

@@ -94,7 +94,7 @@ def sample(
     seeds: Sequence[int],
     *,
     steps: int = 10,
-    cfg: float = 1.0,
+    cfg: float = 0.5,
     eta: float = 0.0,
     scheduler: str = "ddim",
     guidance: GuidanceFn | None = None,

@@ -117,7 +117,7 @@ def _save_grid(ema_backend: PixelBackend, path: Path, step: int) -> None:
 
     n = ema_backend.num_classes
     labels = torch.arange(n).repeat_interleave(10)
-    out = sample(ema_backend, labels, seeds=list(range(len(labels))), steps=10, cfg=1.0)
+    out = sample(ema_backend, labels, seeds=list(range(len(labels))), steps=10, cfg=0.5)
     save_sample_grid(
         to_uint8(out.images).numpy(),
         labels.numpy(),
