@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,20 +152,14 @@ class PixelBackend(torch.nn.Module):
         """Write the diffusers-format folder (safetensors weights); the id hashes the weights."""
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        if tmp.exists():
-            import shutil
-
-            shutil.rmtree(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
         self.unet.save_pretrained(tmp / "unet", safe_serialization=True)
         DDIMScheduler.from_config(self.scheduler_config).save_pretrained(tmp / "scheduler")
         weights = (tmp / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
         meta = {**self.meta, **(extra_meta or {})}
         meta["identifier"] = "pixel-" + hashlib.sha256(weights).hexdigest()[:12]
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        if path.exists():
-            import shutil
-
-            shutil.rmtree(path)
+        shutil.rmtree(path, ignore_errors=True)
         tmp.rename(path)
 
 
