@@ -35,6 +35,7 @@ from deliberate.learner import build_learner, evaluate
 from deliberate.sampling import sample
 from deliberate.training import train_classifier
 from learner_recipe import RECIPES
+from sampling_speed import rate
 
 DEFAULTS = {"steps": 10, "cfg": 0.5}
 
@@ -49,18 +50,6 @@ def generate(backend, per_class, steps, cfg, batch_size=500, seed=0):
         out.append(to_uint8(sample(backend, labels, [s for _, s in chunk], steps=steps, cfg=cfg).images))
     seconds = time.perf_counter() - t0
     return torch.cat(out).numpy(), np.array([y for y, _ in pairs]), seconds
-
-
-def speed(backend, steps, cfg, batch_size, repeats):
-    """Median images/s over `repeats` timed batches (after one warm-up batch)."""
-    labels = torch.arange(batch_size) % backend.num_classes
-    rates = []
-    for r in range(repeats + 1):
-        t0 = time.perf_counter()
-        sample(backend, labels, list(range(r * batch_size, (r + 1) * batch_size)), steps=steps, cfg=cfg)
-        if r:
-            rates.append(batch_size / (time.perf_counter() - t0))
-    return statistics.median(rates), rates
 
 
 def load_times(repeats=3):
@@ -125,7 +114,7 @@ def main():
     print("\n| batch | median img/s | runs |\n|---|---|---|")
     results["speed"] = {}
     for bs in args.batch_sizes:
-        med, rates = speed(backend, DEFAULTS["steps"], DEFAULTS["cfg"], bs, args.repeats)
+        med, rates = rate(backend, DEFAULTS["steps"], DEFAULTS["cfg"], bs, repeats=args.repeats)
         results["speed"][bs] = {"median": med, "runs": rates}
         print(f"| {bs} | {med:.1f} | {' '.join(f'{r:.0f}' for r in rates)} |")
 
@@ -143,9 +132,9 @@ def main():
             for cfg in (0.0, 0.5, 1.0, 2.0, 3.0):
                 imgs, labels, _ = generate(backend, 200, steps, cfg, seed=7)
                 fid, _ = per_class_acc(judge, imgs, labels)
-                rate, _ = speed(backend, steps, cfg, 250, 2)
-                results["sweep"].append({"steps": steps, "cfg": cfg, "fidelity": fid, "img_s": rate})
-                print(f"| {steps} | {cfg} | {fid:.4f} | {rate:.1f} |", flush=True)
+                img_s, _ = rate(backend, steps, cfg, 250, repeats=2)
+                results["sweep"].append({"steps": steps, "cfg": cfg, "fidelity": fid, "img_s": img_s})
+                print(f"| {steps} | {cfg} | {fid:.4f} | {img_s:.1f} |", flush=True)
 
     imgs, labels, secs = generate(backend, args.per_class, **DEFAULTS)
     fid, per_class = per_class_acc(judge, imgs, labels)
