@@ -26,6 +26,10 @@ VARIANTS = {
 }
 
 
+def _slug(name: str) -> str:
+    return name.replace(" ", "_").replace(">", "gt").replace("=", "eq").replace("ω", "w")
+
+
 def mean_sd(values):
     values = [100 * v for v in values if v is not None]
     if not values:
@@ -39,14 +43,22 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", default="runs/bench-practice")
     ap.add_argument("--set", action="append", default=[], help="override for every variant")
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--omegas", type=float, nargs="*", default=[], help="extra DP ω variants")
+    ap.add_argument("--static-sizes", type=int, nargs="*", default=[], help="extra static sizes")
     args = ap.parse_args()
+    for w in args.omegas:
+        VARIANTS[f"DP ω={w:g}"] = (CONFIGS / "dp.yaml", [f"guidance.omega={w}"])
+    for n in args.static_sizes:
+        VARIANTS[f"static {n}"] = (CONFIGS / "static.yaml", [f"practice.initial={n}",
+                                                             f"practice.max_images={n}"])
+    args.variants += [f"DP ω={w:g}" for w in args.omegas] + [f"static {n}" for n in args.static_sizes]
     results = {}
     for seed in args.seeds:  # seeds outermost: a partial benchmark still compares all variants
         for name in args.variants:
             path, overrides = VARIANTS[name]
             cfg = load_config(PracticeConfig, path, [*overrides, *args.set, f"seed={seed}"])
-            run_dir = Path(args.out) / f"{name.replace(' ', '_').replace('>', 'gt').replace('=', 'eq')}-s{seed}"
+            run_dir = Path(args.out) / f"{_slug(name)}-s{seed}"
             t0 = time.perf_counter()
             summary = run_practice(cfg, run_dir, progress=False)
             summary["wall_s"] = time.perf_counter() - t0

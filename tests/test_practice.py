@@ -160,6 +160,23 @@ def test_guided_rounds_record_entropy_and_fingerprint(tiny_run):
 
 
 @needs_data
+def test_guided_rounds_are_harder_than_their_plain_twins(tiny_run):
+    """Each round keeps plain twins (same seeds, omega = 0) scored by the guiding learner."""
+    out, summary = tiny_run
+    pool = Pool(out / "pool")
+    for k in (1, 2):
+        with np.load(out / "twins" / f"round-{k}.npz") as t:
+            rows = {r["seed"]: r for r in pool.records() if r["round"] == k}
+            assert np.bincount(t["labels"]).tolist() == [5] * 10  # a round of 50: 5 per class
+            assert [rows[s]["label"] for s in t["seeds"]] == t["labels"].tolist()
+            assert not np.array_equal(t["plain"], t["guided"])
+            assert t["entropy_guided"].mean() > t["entropy_plain"].mean()
+        plain, guided = summary["twin_entropy"][k]
+        assert guided > plain
+        assert (out / "report" / f"plain-vs-guided-round-{k}.png").stat().st_size > 10_000
+
+
+@needs_data
 def test_branch_outs_add_scaling_points(tiny_run):
     out, summary = tiny_run
     assert [(b["round"], b["pool_size"]) for b in summary["branches"]] == [(0, 100), (1, 150)]

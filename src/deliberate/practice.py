@@ -242,11 +242,34 @@ class _Run:
         led["guidance_backward"] += n * len(steps)
         led["guidance_skipped"] += hook.skipped if hook else 0
         led["seconds_generate"] += time.perf_counter() - t0
+        if hook is not None:
+            self.save_twins(k, learner)
         st.round, st.pending, st.pool_size, st.patience = k, False, len(self.pool), 0
         entropies = [r.get("entropy") for r in self.pool.records() if r["round"] == k]
         st.last_entropy = float(np.mean(entropies)) if k else None
         self.checkpoint()
         self.sampler = None
+
+    def save_twins(self, k: int, learner, per_class: int = 10) -> None:
+        """Round k's first guided images per class and their plain (omega = 0) twins: same seeds,
+        both scored by the learner that guided the round. `twins/round-k.npz`; kept on resume."""
+        path = self.rd.root / "twins" / f"round-{k}.npz"
+        if path.exists():
+            return
+        mine = [r for r in self.pool.records() if r["round"] == k]
+        by_class = [[r for r in mine if r["label"] == c] for c in range(self.backend.num_classes)]
+        rows = [r for rows in by_class for r in rows[:per_class]]
+        guided, labels = self.pool.get([r["id"] for r in rows])
+        s = self.cfg.generator.sampler  # its fields are exactly sample()'s keyword arguments
+        out = sample(self.backend, torch.as_tensor(labels), [r["seed"] for r in rows], **asdict(s))
+        plain = to_uint8(out.images.cpu())
+        with torch.no_grad():
+            h_plain = learner.entropy(to_float01(plain).to(self.cfg.device)).cpu().numpy()
+        path.parent.mkdir(exist_ok=True)
+        with atomic_file(path) as f:
+            np.savez(f, plain=plain.numpy(), guided=guided, labels=labels,
+                     seeds=np.array([r["seed"] for r in rows]), entropy_plain=h_plain,
+                     entropy_guided=np.array([r["entropy"] for r in rows]))  # fmt: skip
 
     def make_sampler(self):
         """Minibatches from the pool (its first `limit` images in a branch), read from disk."""
@@ -408,19 +431,13 @@ def run_practice(
             "branches": branches,
             **{k: last[k] for k in main.state.ledger},
         }
-        paired = _plain_twins(main) if cfg.guidance.omega > 0 and main.state.round >= 1 else None
-        write_practice_report(rd.root, rd.metrics(), pool, summary, paired)
+        twins = {}
+        for path in sorted((rd.root / "twins").glob("round-*.npz")):
+            with np.load(path) as z:
+                twins[int(path.stem.split("-")[1])] = dict(z)
+        summary["twin_entropy"] = {
+            k: [float(t["entropy_plain"].mean()), float(t["entropy_guided"].mean())]
+            for k, t in sorted(twins.items())
+        }
+        write_practice_report(rd.root, rd.metrics(), pool, summary, twins)
     return summary
-
-
-def _plain_twins(run: _Run, per_class: int = 10):
-    """Round 1's first guided images per class and the same seeds sampled with omega = 0."""
-    first = [r for r in run.pool.records() if r["round"] == 1]
-    by_class = [[r for r in first if r["label"] == c] for c in range(run.backend.num_classes)]
-    rows = [r for rows in by_class for r in rows[:per_class]]
-    guided, labels = run.pool.get([r["id"] for r in rows])
-    s = run.cfg.generator.sampler  # its fields are exactly sample()'s keyword arguments
-    plain = sample(
-        run.backend, torch.as_tensor(labels), [r["seed"] for r in rows], **asdict(s)
-    ).images
-    return to_uint8(plain.cpu()).numpy(), guided, labels

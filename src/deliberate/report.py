@@ -238,7 +238,7 @@ def plot_entropy_histograms(
 
 
 def write_practice_report(
-    root: str | Path, rows: Sequence[dict], pool, summary: dict, paired=None
+    root: str | Path, rows: Sequence[dict], pool, summary: dict, twins=None
 ) -> Path:
     """Write `report/` of a practice run: curves, a grid per round, entropies and report.md."""
     out = Path(root) / "report"
@@ -261,17 +261,19 @@ def write_practice_report(
             per_class=int(np.bincount(labels).max()),
             title=f"round {k}: {len(mine)} images, omega={omega:g}",
         )
-    if paired is not None:
-        plain, guided, labels = paired
+    for k, t in sorted((twins or {}).items()):  # {round: twins/round-k.npz contents}
         save_paired_grid(
-            plain,
-            guided,
-            labels,
+            t["plain"],
+            t["guided"],
+            t["labels"],
             names,
-            out / "plain-vs-guided-round-1.png",
-            titles=("plain (omega = 0)", "guided"),
-            per_class=int(np.bincount(labels).max()),
-            title="round 1: the same seeds without and with entropy guidance",
+            out / f"plain-vs-guided-round-{k}.png",
+            titles=(
+                f"plain (omega = 0): learner entropy {t['entropy_plain'].mean():.3f}",
+                f"guided: learner entropy {t['entropy_guided'].mean():.3f}",
+            ),
+            per_class=int(np.bincount(t["labels"]).max()),
+            title=f"round {k}: the same seeds without and with entropy guidance",
         )
     entropies = {
         k: np.array([r["entropy"] for r in records if r["round"] == k and "entropy" in r])
@@ -288,13 +290,18 @@ def write_practice_report(
         f"{summary['iterations']} iterations; real val {pct(summary['val_acc'])} %, "
         f"real test {pct(summary['test_acc'])} %.",
         "",
-        "| round | images | mean entropy at generation |",
-        "|---|---|---|",
+        "Mean learner entropy at generation; the twins are the round's first images per class",
+        "and the same seeds sampled without guidance, scored by the learner that guided the round.",
+        "",
+        "| round | images | mean entropy | twins: plain | twins: guided |",
+        "|---|---|---|---|---|",
     ]
     for k in rounds:
         n = sum(r["round"] == k for r in records)
         mean = f"{entropies[k].mean():.4f}" if k in entropies else "-"
-        lines.append(f"| {k} | {n} | {mean} |")
+        t = (twins or {}).get(k)
+        pair = [f"{t[key].mean():.4f}" if t else "-" for key in ("entropy_plain", "entropy_guided")]
+        lines.append(f"| {k} | {n} | {mean} | {' | '.join(pair)} |")
     if summary.get("branches"):
         lines += [
             "",
