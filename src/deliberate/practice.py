@@ -30,12 +30,12 @@ import torch
 from tqdm.auto import tqdm
 
 from deliberate.config import field, to_dict
-from deliberate.data.fashion_mnist import load_eval_split
+from deliberate.data.imagefolder import DataSettings, evaluate_ood, load_split
 from deliberate.data.pool import Pool, atomic_file
 from deliberate.errors import DeliberateError
 from deliberate.generate import SamplerSettings, generate_into_pool, plan
 from deliberate.generators.base import to_uint8
-from deliberate.generators.pixel import load_pixel_backend
+from deliberate.generators.latent import KINDS, LatentSettings, load_backend
 from deliberate.guidance import GuidanceSettings, guided_sampler_kwargs, learner_fingerprint
 from deliberate.learner import ARCHS, build_learner, evaluate, to_float01
 from deliberate.rundir import RunDir
@@ -54,7 +54,9 @@ LEDGER = ("denoiser_evals", "guidance_backward", "guidance_skipped",
 class GeneratorSettings:
     """Which generator, and how it samples (everything but label, seed and guidance)."""
 
-    path: str | None = field(None, "generator folder; null = the shipped Fashion-MNIST model")
+    kind: str = field("pixel", "pixel, stable_diffusion or dit (docs/paper-scale.md)", choices=KINDS)
+    path: str | None = field(None, "generator folder or hub id; null = the shipped Fashion-MNIST model")
+    latent: LatentSettings = field(LatentSettings(), "prompt, dtype, checkpointing (latent kinds)")
     sampler: SamplerSettings = field(
         SamplerSettings(), "steps, CFG λ (paper Eq. 5), eta, scheduler"
     )
@@ -118,6 +120,7 @@ class PracticeConfig:
     threads: int = field(0, "torch CPU threads; 0 = torch's default", ge=0)
     device: str = field("cpu", "torch device of generator and learner", choices=("cpu", "cuda"))
     data_dir: str | None = field(None, "Fashion-MNIST idx folder; null = the default lookup")
+    data: DataSettings = field(DataSettings(), "real val/test data: fashion_mnist or imagefolder")
 
     def validate(self) -> None:
         p = self.practice
@@ -382,8 +385,8 @@ def run_practice(
     rd = RunDir(out_dir)
     rd.claim(to_dict(cfg))
     with _threads(cfg.threads):
-        backend = load_pixel_backend(cfg.generator.path, device=cfg.device)
-        split = load_eval_split(cfg.data_dir)
+        split, classes = load_split(cfg.data, cfg.data_dir)
+        backend = load_backend(cfg.generator, device=cfg.device, classes=classes)
         c, h, w = backend.image_shape
         meta = {
             "class_names": list(backend.class_names),
@@ -408,6 +411,8 @@ def run_practice(
             "branches": branches,
             **{k: last[k] for k in main.state.ledger},
         }
+        if cfg.data.kind == "imagefolder" and cfg.data.imagefolder.ood:
+            summary["ood"] = evaluate_ood(main.trainer.ema, cfg.data.imagefolder, classes)
         paired = _plain_twins(main) if cfg.guidance.omega > 0 and main.state.round >= 1 else None
         write_practice_report(rd.root, rd.metrics(), pool, summary, paired)
     return summary
