@@ -9,7 +9,6 @@ import string
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 pytest.importorskip("transformers")
 
@@ -33,10 +32,8 @@ from deliberate.generators.latent import LatentSettings, load_backend  # noqa: E
 from deliberate.guidance import EntropyGuidance, GuidanceSettings  # noqa: E402
 from deliberate.practice import GeneratorSettings, PracticeConfig, run_practice  # noqa: E402
 from deliberate.sampling import sample  # noqa: E402
+from tests.test_imagefolder import IDS, NAMES, WNIDS, write_imagefolder  # noqa: E402
 
-WNIDS = ("n01443537", "n02123045", "n04146614")  # goldfish, tabby, school bus
-NAMES = ("goldfish", "tabby", "school bus")
-IDS = (1, 281, 779)  # their ImageNet-1k indices in the synthetic mapping written below
 MAX_LEN = 12
 
 
@@ -242,23 +239,6 @@ def test_options_dtype_checkpointing_and_errors(sd_dir, tmp_path):
 
 
 # -- a guided DP round end to end ------------------------------------------------------------
-
-
-def write_imagefolder(root, per_split=(("train", 4), ("val", 2))):
-    """Tiny ImageNet-style folders (one colour per class, noisy) and a 1,000-line synset mapping."""
-    rng = np.random.default_rng(0)
-    colours = np.array([[220, 120, 20], [120, 120, 120], [240, 200, 0]])
-    for split, n in per_split:
-        for k, wnid in enumerate(WNIDS):
-            (root / split / wnid).mkdir(parents=True)
-            for i in range(n):
-                pixels = np.clip(colours[k] + rng.normal(0, 40, (20, 24, 3)), 0, 255)
-                Image.fromarray(pixels.astype(np.uint8)).save(root / split / wnid / f"{i}.png")
-    lines = [f"n{90000000 + i:08d} filler {i}" for i in range(1000)]
-    for wnid, name, i in zip(WNIDS, NAMES, IDS, strict=True):
-        lines[i] = f"{wnid} {name}, a synonym"
-    (root / "LOC_synset_mapping.txt").write_text("\n".join(lines) + "\n")
-    (root / "classes.txt").write_text("\n".join(WNIDS) + "\n")
 
 
 @pytest.mark.parametrize("kind", ["stable_diffusion", "dit"])

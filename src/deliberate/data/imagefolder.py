@@ -171,14 +171,14 @@ def list_images(folder: Path, ids: tuple[str, ...], *, where: str) -> tuple[list
     if missing:
         raise DeliberateError(
             f"{len(missing)} of {len(ids)} classes have no folder in {folder} (first: {missing[0]}); "
-            f"check {where} and the class list"
+            f"fix the class list or {where}"
         )
     for k, wnid in enumerate(ids):
         names = sorted(
             e.name for e in os.scandir(folder / wnid) if e.name.lower().endswith(IMAGE_EXTENSIONS)
         )
         if not names:
-            raise DeliberateError(f"{folder / wnid} holds no images; check {where}")
+            raise DeliberateError(f"{folder / wnid} holds no images; fix {where}")
         files += [str(folder / wnid / n) for n in names]
         labels += [k] * len(names)
     return files, np.asarray(labels, dtype=np.int64)
@@ -245,7 +245,9 @@ def load_imagefolder_split(s: ImageFolderSettings) -> ImageFolderSplit:
     root = Path(s.root).expanduser()
     parts = []
     for split in (s.val_split, s.test_split):
-        files, labels = list_images(_split_dir(root, split), classes.ids, where=f"{root}/{split}")
+        files, labels = list_images(
+            _split_dir(root, split), classes.ids, where="data.imagefolder.root"
+        )
         parts += [StreamedImages(files, s.image_size, s.workers), labels]
     return ImageFolderSplit(*parts, classes)
 
@@ -284,7 +286,7 @@ def load_ood(name: str, folder: str | Path, classes: ClassList, size: int = 224,
     if not covered:
         raise DeliberateError(f"OOD set {name} at {folder} shares no class with the class list")
     sub = tuple(keys[k] for k in covered)
-    files, local = list_images(folder, sub, where=f"OOD set {name}")
+    files, local = list_images(folder, sub, where=f"data.imagefolder.ood.{name}")
     return OODSet(name, StreamedImages(files, size, workers), np.asarray(covered)[local], covered)
 
 
