@@ -1,11 +1,14 @@
 """ImageNet-style folders: the shipped ImageNet-100 list, class subsets, one-line errors for
 missing classes or folders, streamed evaluation, OOD sets restricted to the shared classes."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from deliberate.config import load_config
 from deliberate.data.imagefolder import (
     IMAGENET100,
     ClassList,
@@ -17,7 +20,8 @@ from deliberate.data.imagefolder import (
     read_class_file,
 )
 from deliberate.errors import DeliberateError
-from deliberate.learner import evaluate, to_float01
+from deliberate.learner import build_learner, evaluate, to_float01
+from deliberate.practice import PracticeConfig
 
 WNIDS = ("n01443537", "n02123045", "n04146614")  # goldfish, tabby, school bus
 NAMES = ("goldfish", "tabby", "school bus")
@@ -152,3 +156,45 @@ def test_ood_sets_use_the_shared_classes(tmp_path):
         load_ood("imagenet_sketch", v2, classes, size=16)
     with pytest.raises(DeliberateError, match="not found"):
         load_ood("imagenet_a", tmp_path / "nope", classes)
+
+
+PRESETS = Path(__file__).resolve().parent.parent / "configs"
+
+
+@pytest.mark.parametrize("name", ["imagenet100/dp", "imagenet100/static", "imagenet1k/dp"])
+def test_paper_presets_carry_the_recipe(name):
+    cfg = load_config(PracticeConfig, PRESETS / f"{name}.yaml")
+    in1k = name.startswith("imagenet1k")
+    lrn, p = cfg.learner, cfg.practice
+    assert cfg.generator.kind == "stable_diffusion" and cfg.data.kind == "imagefolder"
+    assert cfg.generator.sampler.cfg == 3.0 and cfg.generator.sampler.scheduler == "ddim"
+    assert (lrn.arch, lrn.input_size, lrn.label_smoothing) == ("vit_b_16", 224, 0.11)
+    assert (lrn.mixup_alpha, lrn.cutmix_alpha, lrn.warmup_frac, lrn.cooldown_frac) == (
+        0.5,
+        1,
+        0.1,
+        0.2,
+    )
+    assert (lrn.iterations, lrn.batch_size, lrn.lr) == (
+        (100_000, 128, 0.0016) if in1k else (50_000, 64, 0.003)
+    )
+    if name.endswith("static"):
+        assert p.per_round == 0 and cfg.guidance.omega == 0
+    else:
+        assert cfg.guidance.omega == 0.05 and p.patience_mode == "incremental"
+        assert (p.initial, p.per_round, p.patience) == (
+            (654_000, 654_000, 1) if in1k else (64_000, 32_000, 4)
+        )
+
+
+@pytest.mark.parametrize("arch, params", [("vit_b_16", 85.9e6), ("resnet50", 23.7e6)])
+def test_paper_learners_build_and_run(arch, params):
+    """torchvision ViT-B/16 and ResNet-50, from scratch, fed 256² RGB through the 224² resize."""
+    torch.manual_seed(0)
+    learner = build_learner(arch, 100, 3, 256, input_size=224).eval()
+    assert sum(p.numel() for p in learner.parameters()) == pytest.approx(params, rel=0.01)
+    if arch == "vit_b_16":  # torchvision zero-initialises the head: uniform logits, no gradient
+        torch.nn.init.normal_(learner.backbone.heads.head.weight, std=0.02)
+    x = torch.rand(1, 3, 256, 256, requires_grad=True)
+    (grad,) = torch.autograd.grad(learner.entropy(x).sum(), x)
+    assert learner(x).shape == (1, 100) and grad.abs().sum() > 0
