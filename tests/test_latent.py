@@ -23,6 +23,7 @@ from diffusers import (  # noqa: E402
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
 
+from deliberate.cli import main  # noqa: E402
 from deliberate.config import load_config  # noqa: E402
 from deliberate.data.imagefolder import ClassList  # noqa: E402
 from deliberate.data.pool import Pool  # noqa: E402
@@ -281,3 +282,16 @@ def test_guided_dp_round_end_to_end(kind, sd_dir, dit_dir, tmp_path):
     assert not np.array_equal(to_uint8(plain).numpy(), images)
     assert summary["ood"]["imagenet_r"]["classes"] == 2
     assert summary["ood"]["imagenet_r"]["images"] == 4
+
+
+def test_generate_command_samples_a_latent_backend(sd_dir, tmp_path):
+    (tmp_path / "names.txt").write_text("\n".join(NAMES) + "\n")
+    argv = ["generate", "--kind", "stable_diffusion", "--generator", str(sd_dir), "--class-names",
+            str(tmp_path / "names.txt"), "--per-class", "2", "--steps", "2", "--cfg", "3",
+            "--out", str(tmp_path / "pool"), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    pool = Pool(tmp_path / "pool")
+    assert len(pool) == 6 and pool.class_names == list(NAMES) and pool.image_shape == (16, 16, 3)
+    assert (tmp_path / "pool" / "samples.png").is_file()
+    assert main(["generate", "--kind", "dit", "--generator", str(sd_dir), "--per-class", "1",
+                 "--out", str(tmp_path / "p2")]) == 2  # fmt: skip
