@@ -54,8 +54,8 @@ LEDGER = ("denoiser_evals", "guidance_backward", "guidance_skipped",
 class GeneratorSettings:
     """Which generator, and how it samples (everything but label, seed and guidance)."""
 
-    kind: str = field("pixel", "pixel, stable_diffusion or dit (docs/paper-scale.md)", choices=KINDS)
-    path: str | None = field(None, "generator folder or hub id; null = the shipped Fashion-MNIST model")
+    kind: str = field("pixel", "pixel, stable_diffusion or dit", choices=KINDS)
+    path: str | None = field(None, "folder or hub id; null = the shipped Fashion-MNIST model")
     latent: LatentSettings = field(LatentSettings(), "prompt, dtype, checkpointing (latent kinds)")
     sampler: SamplerSettings = field(
         SamplerSettings(), "steps, CFG λ (paper Eq. 5), eta, scheduler"
