@@ -226,7 +226,13 @@ def test_options_dtype_checkpointing_and_errors(sd_dir, tmp_path):
         and torch.isfinite(out.images).all()
         and x.isfinite().all()
     )
-    with pytest.raises(DeliberateError, match="missing unet"):
+    broken = tmp_path / "broken"
+    shutil.copytree(sd_dir, broken)
+    (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"junk")
+    with pytest.raises(DeliberateError, match="cannot load the UNet .*corrupt") as e:
+        load_backend(settings("stable_diffusion", broken), classes=CLASSES)
+    assert "\n" not in str(e.value)
+    with pytest.raises(DeliberateError, match="missing model_index.json, unet"):
         (tmp_path / "empty").mkdir()
         load_backend(settings("stable_diffusion", tmp_path / "empty"), classes=CLASSES)
     with pytest.raises(DeliberateError, match="WordNet ids"):

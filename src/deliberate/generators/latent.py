@@ -224,13 +224,10 @@ def _source(path: str | None, kind: str, parts: tuple[str, ...]) -> tuple[str, b
         )
     p = Path(path).expanduser()
     if p.exists():
-        missing = [x for x in parts if not (p / x).is_dir()]
-        if not p.is_dir() or missing or not (p / "model_index.json").is_file():
-            lacks = ", ".join(
-                [*missing, *([] if (p / "model_index.json").is_file() else ["model_index.json"])]
-            )
+        missing = [x for x in ("model_index.json", *parts) if not (p / x).exists()]
+        if missing:
             raise DeliberateError(
-                f"{p} is not a diffusers {kind} folder (missing {lacks or 'everything'}); "
+                f"{p} is not a diffusers {kind} folder (missing {', '.join(missing)}); "
                 f"it needs model_index.json and {', '.join(parts)}/"
             )
         return str(p), True
