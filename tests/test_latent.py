@@ -33,6 +33,7 @@ from deliberate.generators.latent import LatentSettings, load_backend  # noqa: E
 from deliberate.guidance import EntropyGuidance, GuidanceSettings  # noqa: E402
 from deliberate.practice import GeneratorSettings, PracticeConfig, run_practice  # noqa: E402
 from deliberate.sampling import sample  # noqa: E402
+from tests.test_generator import tiny_backend  # noqa: E402
 from tests.test_imagefolder import IDS, NAMES, WNIDS, write_imagefolder  # noqa: E402
 
 MAX_LEN = 12
@@ -118,11 +119,24 @@ def settings(kind, path, **latent):
     return GeneratorSettings(kind=kind, path=str(path), latent=LatentSettings(**latent))
 
 
-@pytest.fixture(scope="module", params=["stable_diffusion", "dit"])
-def loaded(request, sd_dir, dit_dir):
-    """(kind, folder, backend) for each latent kind, loaded as a user's folder would be."""
-    path = sd_dir if request.param == "stable_diffusion" else dit_dir
-    return request.param, path, load_backend(settings(request.param, path), classes=CLASSES)
+@pytest.fixture(scope="module")
+def pixel_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pixel") / "tiny"
+    tiny_backend(seed=1).save(path)
+    return path
+
+
+@pytest.fixture(scope="module", params=["pixel", "stable_diffusion", "dit"])
+def loaded(request, pixel_dir, sd_dir, dit_dir):
+    """(kind, folder, backend) for every kind, loaded as a user's folder would be: the latent
+    backends pass the same contract tests as the pixel one."""
+    kind = request.param
+    path = {"pixel": pixel_dir, "stable_diffusion": sd_dir, "dit": dit_dir}[kind]
+    return (
+        kind,
+        path,
+        load_backend(settings(kind, path), classes=None if kind == "pixel" else CLASSES),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -131,12 +145,12 @@ def backend(loaded):
 
 
 class LinearLearner(torch.nn.Module):
-    """A fixed linear classifier on 16x16 RGB, far from uniform, so entropy gradients are informative."""
+    """A fixed linear classifier, far from uniform, so entropy gradients are informative."""
 
-    def __init__(self):
+    def __init__(self, image_shape=(3, 16, 16), num_classes=3):
         super().__init__()
         torch.manual_seed(0)
-        self.fc = torch.nn.Linear(3 * 16 * 16, 3)
+        self.fc = torch.nn.Linear(int(np.prod(image_shape)), num_classes)
         torch.nn.init.normal_(self.fc.weight, std=0.1)
 
     def forward(self, images01):
@@ -149,15 +163,20 @@ class LinearLearner(torch.nn.Module):
 
 def test_contract_shapes_classes_and_identifier(loaded):
     kind, path, backend = loaded
-    assert backend.class_names == NAMES and backend.num_classes == 3
-    assert backend.latent_shape == (4, 8, 8) and backend.image_shape == (3, 16, 16)
-    assert backend.scheduler_config["prediction_type"] == "epsilon"
+    assert backend.num_classes == len(backend.class_names) >= 3
+    assert backend.scheduler_config["prediction_type"] in ("epsilon", "v_prediction")
     labels = torch.tensor([0, 1, 2, 1])
     cond, null = backend.cond(labels), backend.null_cond(4)
     assert len(backend.concat_cond(cond, null)) == 8 and not torch.equal(cond[0], null[0])
     x = torch.randn(4, *backend.latent_shape)
     out = backend.model_output(x, torch.full((4,), 500), cond)  # DiT: learned sigma dropped
     assert out.shape == x.shape and out.dtype == torch.float32
+    assert backend.decode(x).shape == (4, *backend.image_shape)
+    if kind == "pixel":
+        assert backend.identifier.startswith("pixel-")
+        return
+    assert backend.class_names == NAMES
+    assert backend.latent_shape == (4, 8, 8) and backend.image_shape == (3, 16, 16)
     if kind == "stable_diffusion":  # prompt embeddings are cached per class, differ by class
         assert backend.prompts[2] == "a photo of a school bus"
         assert torch.equal(cond[1], cond[3]) and not torch.equal(cond[0], cond[1])
@@ -175,7 +194,7 @@ def test_contract_shapes_classes_and_identifier(loaded):
 def test_sampling_is_deterministic_per_seed_whatever_the_batch(backend):
     labels, seeds = torch.tensor([0, 1, 2, 0]), [5, 6, 7, 8]
     full = sample(backend, labels, seeds, steps=3, cfg=2.0).images
-    assert full.shape == (4, 3, 16, 16) and full.min() >= 0 and full.max() <= 1
+    assert full.shape == (4, *backend.image_shape) and full.min() >= 0 and full.max() <= 1
     assert torch.equal(full, sample(backend, labels, seeds, steps=3, cfg=2.0).images)
     halves = torch.cat([sample(backend, labels[i : i + 2], seeds[i : i + 2], steps=3, cfg=2.0).images
                         for i in (0, 2)])  # fmt: skip
@@ -187,7 +206,7 @@ def test_sampling_is_deterministic_per_seed_whatever_the_batch(backend):
 def test_decode_is_differentiable(backend):
     x0 = torch.randn(2, *backend.latent_shape, requires_grad=True)
     images = backend.decode(x0)
-    assert images.shape == (2, 3, 16, 16)
+    assert images.shape == (2, *backend.image_shape)
     (grad,) = torch.autograd.grad(images.sum(), x0)
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
 
@@ -195,7 +214,7 @@ def test_decode_is_differentiable(backend):
 def test_guidance_raises_learner_entropy_for_the_same_seeds(backend):
     """One entropy-ascent step at the last sampling step, dx̂0/dx_t taken as the identity (a
     random denoiser's Jacobian is arbitrary): the final images' entropy rises for the same seeds."""
-    learner = LinearLearner().eval().requires_grad_(False)
+    learner = LinearLearner(backend.image_shape, backend.num_classes).eval().requires_grad_(False)
     labels, seeds = torch.arange(8) % 3, list(range(100, 108))
     plain = sample(backend, labels, seeds, steps=3, cfg=1.0).images
     hook = EntropyGuidance(backend, learner,
