@@ -160,10 +160,10 @@ class StableDiffusionBackend(_LatentBackend):
 
     def cond(self, labels: torch.Tensor) -> torch.Tensor:
         ids = [int(k) for k in labels]
-        todo = sorted(set(ids) - self._embeds.keys())
-        if todo:
-            for k, e in zip(todo, self._encode([self.prompts[k] for k in todo]), strict=True):
-                self._embeds[k] = e
+        for k in set(ids) - self._embeds.keys():
+            # One prompt per call: an embedding must not depend on which classes a batch (or a
+            # rank) happened to encode with it, down to the last bit of a batched matmul.
+            self._embeds[k] = self._encode([self.prompts[k]])[0]
         return torch.stack([self._embeds[k] for k in ids])
 
     def null_cond(self, n: int) -> torch.Tensor:
