@@ -307,6 +307,7 @@ def test_guided_dp_round_end_to_end(kind, sd_dir, dit_dir, tmp_path):
     assert not np.array_equal(to_uint8(plain).numpy(), images)
     assert summary["ood"]["imagenet_r"]["classes"] == 2
     assert summary["ood"]["imagenet_r"]["images"] == 4
+    assert json.loads((tmp_path / "run" / "ood.json").read_text()) == summary["ood"]
 
 
 def test_generate_command_samples_a_latent_backend(sd_dir, tmp_path):

@@ -412,7 +412,8 @@ def run_practice(
             **{k: last[k] for k in main.state.ledger},
         }
         if cfg.data.kind == "imagefolder" and cfg.data.imagefolder.ood:
-            summary["ood"] = evaluate_ood(main.trainer.ema, cfg.data.imagefolder, classes)
+            ood_file = rd.root / "ood.json"
+            summary["ood"] = evaluate_ood(main.trainer.ema, cfg.data.imagefolder, classes, ood_file)
         paired = _plain_twins(main) if cfg.guidance.omega > 0 and main.state.round >= 1 else None
         write_practice_report(rd.root, rd.metrics(), pool, summary, paired)
     return summary

@@ -22,6 +22,7 @@ evaluated is reported with the accuracy. ImageNet-V2 folders are named by ImageN
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -307,13 +308,19 @@ def ood_accuracy(learner, ood: OODSet, batch_size: int = 250) -> float:
     return correct / max(len(ood.labels), 1)
 
 
-def evaluate_ood(learner, s: ImageFolderSettings, classes: ClassList) -> dict[str, dict]:
-    """{set: {"acc", "classes", "images"}} for every OOD set the settings name."""
+def evaluate_ood(learner, s: ImageFolderSettings, classes: ClassList,
+                 out_file: str | Path | None = None) -> dict[str, dict]:  # fmt: skip
+    """{set: {"acc", "classes", "images"}} for every OOD set named; also written to out_file."""
     out = {}
     for name, folder in sorted(s.ood.items()):
         ood = load_ood(name, folder, classes, s.image_size, s.workers)
         acc = ood_accuracy(learner, ood)
         out[name] = {"acc": acc, "classes": len(ood.covered), "images": len(ood.labels)}
+    if out_file is not None:
+        from deliberate.data.pool import atomic_file
+
+        with atomic_file(out_file) as f:
+            f.write((json.dumps(out, indent=2) + "\n").encode())
     return out
 
 
