@@ -59,16 +59,21 @@ def cmd_train_generator(args) -> int:
 def cmd_generate(args) -> int:
     import torch
 
+    from deliberate.data.imagefolder import ClassList, read_class_file
     from deliberate.data.pool import Pool
     from deliberate.generate import SamplerSettings, check_classes, generate_into_pool, plan
-    from deliberate.generators.pixel import load_pixel_backend
+    from deliberate.generators.latent import LatentSettings, load_backend
+    from deliberate.practice import GeneratorSettings
     from deliberate.report import save_sample_grid
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.batch_size < 1:
         raise DeliberateError(f"--batch-size {args.batch_size} must be >= 1")
-    backend = load_pixel_backend(args.generator)
+    names = tuple(read_class_file(args.class_names)) if args.class_names else None
+    latent = LatentSettings(prompt=args.prompt, dtype=args.dtype, class_ids=args.class_ids or [])
+    gen = GeneratorSettings(kind=args.kind, path=args.generator, latent=latent)
+    backend = load_backend(gen, device=args.device, classes=names and ClassList(names, names))
     classes = check_classes(backend, args.classes)
     settings = SamplerSettings(
         steps=args.steps, cfg=args.cfg, eta=args.eta, scheduler=args.scheduler
@@ -181,6 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="request seed (default: %(default)s)")
     p.add_argument("--classes", type=int, nargs="+", default=None, help="class ids (default: all)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--kind", default="pixel", choices=("pixel", "stable_diffusion", "dit"),
+                   help="generator kind; latent kinds take a diffusers folder or hub id as --generator")
+    p.add_argument("--class-names", metavar="FILE", help="latent kinds: one class name per line")
+    p.add_argument("--class-ids", type=int, nargs="+", help="dit: ImageNet-1k id of each class")
+    p.add_argument("--prompt", default="a photo of a {name}", help="stable_diffusion prompt template")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     _add_sampler_args(p)
     p.set_defaults(func=cmd_generate)
 

@@ -195,10 +195,14 @@ def _batched_logits(learner: Learner, images, batch_size: int):
     was_training = learner.training
     learner.eval()
     device = next(learner.parameters()).device
+    if hasattr(images, "iter_batches"):  # streamed from disk (data.imagefolder.StreamedImages)
+        batches = images.iter_batches(batch_size)
+    else:
+        starts = range(0, len(images), batch_size)
+        batches = ((s, to_float01(images[s : s + batch_size])) for s in starts)
     try:
-        for start in range(0, len(images), batch_size):
-            batch = to_float01(images[start : start + batch_size]).to(device)
-            yield start, learner(batch)
+        for start, batch in batches:
+            yield start, learner(batch.to(device))
     finally:
         learner.train(was_training)
 

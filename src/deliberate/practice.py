@@ -30,12 +30,12 @@ import torch
 from tqdm.auto import tqdm
 
 from deliberate.config import field, to_dict
-from deliberate.data.fashion_mnist import load_eval_split
+from deliberate.data.imagefolder import DataSettings, evaluate_ood, load_split
 from deliberate.data.pool import Pool, atomic_file
 from deliberate.errors import DeliberateError
 from deliberate.generate import SamplerSettings, generate_into_pool, plan
 from deliberate.generators.base import to_uint8
-from deliberate.generators.pixel import load_pixel_backend
+from deliberate.generators.latent import KINDS, LatentSettings, load_backend
 from deliberate.guidance import GuidanceSettings, guided_sampler_kwargs, learner_fingerprint
 from deliberate.learner import ARCHS, build_learner, evaluate, to_float01
 from deliberate.rundir import RunDir
@@ -54,7 +54,9 @@ LEDGER = ("denoiser_evals", "guidance_backward", "guidance_skipped",
 class GeneratorSettings:
     """Which generator, and how it samples (everything but label, seed and guidance)."""
 
-    path: str | None = field(None, "generator folder; null = the shipped Fashion-MNIST model")
+    kind: str = field("pixel", "pixel, stable_diffusion or dit", choices=KINDS)
+    path: str | None = field(None, "folder or hub id; null = the shipped Fashion-MNIST model")
+    latent: LatentSettings = field(LatentSettings(), "prompt, dtype, checkpointing (latent kinds)")
     sampler: SamplerSettings = field(
         SamplerSettings(), "steps, CFG λ (paper Eq. 5), eta, scheduler"
     )
@@ -118,6 +120,7 @@ class PracticeConfig:
     threads: int = field(0, "torch CPU threads; 0 = torch's default", ge=0)
     device: str = field("cpu", "torch device of generator and learner", choices=("cpu", "cuda"))
     data_dir: str | None = field(None, "Fashion-MNIST idx folder; null = the default lookup")
+    data: DataSettings = field(DataSettings(), "real val/test data: fashion_mnist or imagefolder")
 
     def validate(self) -> None:
         p = self.practice
@@ -250,9 +253,11 @@ class _Run:
         self.checkpoint()
         self.sampler = None
 
-    def save_twins(self, k: int, learner, per_class: int = 10) -> None:
+    def save_twins(self, k: int, learner) -> None:
         """Round k's first guided images per class and their plain (omega = 0) twins: same seeds,
-        both scored by the learner that guided the round. `twins/round-k.npz`; kept on resume."""
+        both scored by the learner that guided the round. `twins/round-k.npz`; kept on resume.
+        10 per class for 10 classes, fewer for more (1 each at 1,000): about 100-1,000 images."""
+        per_class = max(1, min(10, 200 // self.backend.num_classes))
         path = self.rd.root / "twins" / f"round-{k}.npz"
         if path.exists():
             return
@@ -405,8 +410,8 @@ def run_practice(
     rd = RunDir(out_dir)
     rd.claim(to_dict(cfg))
     with _threads(cfg.threads):
-        backend = load_pixel_backend(cfg.generator.path, device=cfg.device)
-        split = load_eval_split(cfg.data_dir)
+        split, classes = load_split(cfg.data, cfg.data_dir)
+        backend = load_backend(cfg.generator, device=cfg.device, classes=classes)
         c, h, w = backend.image_shape
         meta = {
             "class_names": list(backend.class_names),
@@ -431,6 +436,9 @@ def run_practice(
             "branches": branches,
             **{k: last[k] for k in main.state.ledger},
         }
+        if cfg.data.kind == "imagefolder" and cfg.data.imagefolder.ood:
+            ood_file = rd.root / "ood.json"
+            summary["ood"] = evaluate_ood(main.trainer.ema, cfg.data.imagefolder, classes, ood_file)
         twins = {}
         for path in sorted((rd.root / "twins").glob("round-*.npz")):
             with np.load(path) as z:
