@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from deliberate import distributed
 from deliberate.config import field, to_dict
 from deliberate.data.fashion_mnist import load_eval_split
 from deliberate.data.pool import Pool, atomic_file
@@ -193,9 +194,12 @@ class _Run:
             self.trainer.load_state_dict(ckpt["trainer"])
             self.state = LoopState(**ckpt["loop"])
             torch.set_rng_state(ckpt["rng"])
-        self.rd.truncate_metrics(self.state.evals)
+        if distributed.is_main():
+            self.rd.truncate_metrics(self.state.evals)
 
     def checkpoint(self, path: Path | None = None, state: LoopState | None = None) -> None:
+        if not distributed.is_main():  # every rank holds the same state; one writes it
+            return
         loop = asdict(state or self.state)
         ckpt = {"trainer": self.trainer.state_dict(), "loop": loop, "rng": torch.get_rng_state()}
         self.rd.save_checkpoint(ckpt, path)
@@ -240,7 +244,7 @@ class _Run:
         led = st.ledger  # counted from the request, so a resumed round adds up the same
         led["denoiser_evals"] += n * (s.steps * (2 if s.cfg else 1) + len(steps))
         led["guidance_backward"] += n * len(steps)
-        led["guidance_skipped"] += hook.skipped if hook else 0
+        led["guidance_skipped"] += distributed.all_sum(hook.skipped if hook else 0)
         led["seconds_generate"] += time.perf_counter() - t0
         st.round, st.pending, st.pool_size, st.patience = k, False, len(self.pool), 0
         entropies = [r.get("entropy") for r in self.pool.records() if r["round"] == k]
@@ -260,8 +264,9 @@ class _Run:
         weights = torch.where(torch.as_tensor(rounds == rounds.max()), w, 1.0).double()
         labels_t = torch.as_tensor(labels)
 
-        def weighted(generator, batch_size):  # Table 3's "non-uni.": newest round up-weighted
+        def weighted(generator, batch_size, part):  # Table 3's "non-uni.": newest round up-weighted
             idx = torch.multinomial(weights, batch_size, replacement=True, generator=generator)
+            idx = idx[part]  # this rank's rows of the global batch
             return torch.as_tensor(images[idx.numpy()]), labels_t[idx]
 
         return weighted
@@ -270,11 +275,11 @@ class _Run:
         """Evaluate the EMA learner on real val (decides) and test (reported) images."""
         t0, st, tr, p = time.perf_counter(), self.state, self.trainer, self.cfg.practice
         step = tr.step_count
-        val = evaluate(tr.ema, self.split.val_images, self.split.val_labels)
+        val = _accuracy(tr.ema, self.split.val_images, self.split.val_labels)
         last = step >= tr.cfg.iterations
         test = None
         if last or (p.test_every and (st.evals + 1) % p.test_every == 0):
-            test = evaluate(tr.ema, self.split.test_images, self.split.test_labels)
+            test = _accuracy(tr.ema, self.split.test_images, self.split.test_labels)
         st.ledger["seconds_eval"] += time.perf_counter() - t0
         phase = "warmup" if step < round(tr.cfg.warmup_frac * tr.cfg.iterations) else "stable"
         return {
@@ -283,7 +288,7 @@ class _Run:
             "round": st.round,
             "val_acc": val,
             "test_acc": test,
-            "train_loss": float(np.mean(losses)),
+            "train_loss": distributed.mean(float(np.mean(losses))),  # over the ranks' shares
             "lr": tr.lr,
             "phase": "cooldown" if tr.in_cooldown else phase,
             "entropy_last_round": st.last_entropy,
@@ -315,7 +320,8 @@ class _Run:
                 patience_limit=patience_limit(cfg.practice, st.pool_size),
                 **st.ledger,
             )
-            self.rd.append_metrics(row)
+            if distributed.is_main():
+                self.rd.append_metrics(row)
             st.evals += 1
             bar.set_postfix(pool=st.pool_size, val=f"{row['val_acc']:.3f}", T=st.patience)
             self.notify("eval", {**row, "run": self.tag})
@@ -325,6 +331,7 @@ class _Run:
                     self.fork()
             self.checkpoint()  # before generating: a crash mid-round resumes with this learner
         bar.close()
+        distributed.barrier()  # rank 0's last metrics row is on disk before anyone reads it
 
     def fork(self) -> None:
         """Save a branch-out: this exact state, set to finish training on the current pool."""
@@ -332,7 +339,8 @@ class _Run:
         st.forks.append([st.round, self.trainer.step_count, st.pool_size])
         branch = dataclasses.replace(st, pending=False, evals=0, forks=[])
         folder = self.rd.root / "branches" / f"round-{st.round}"
-        folder.mkdir(parents=True, exist_ok=True)
+        if distributed.is_main():
+            folder.mkdir(parents=True, exist_ok=True)
         self.checkpoint(folder / "fork.pt", branch)
 
 
@@ -365,8 +373,9 @@ def _finish_branch(main: _Run, k: int, iteration: int, size: int) -> dict:
         "val_acc": last["val_acc"],
         "test_acc": last["test_acc"],
     }
-    with atomic_file(result_file) as f:
-        f.write(json.dumps(result).encode())
+    if distributed.is_main():
+        with atomic_file(result_file) as f:
+            f.write(json.dumps(result).encode())
     return result
 
 
@@ -379,8 +388,11 @@ def run_practice(
     before each sampling batch ("sample"); an exception it raises stops the run like a crash.
     """
     cfg.validate()
+    distributed.init(cfg.device)  # joins torchrun's group; a no-op in a single process
+    progress = progress and distributed.is_main()
     rd = RunDir(out_dir)
-    rd.claim(to_dict(cfg))
+    with distributed.main_first():  # rank 0 writes config.yaml; the others check theirs against it
+        rd.claim(to_dict(cfg))
     with _threads(cfg.threads):
         backend = load_pixel_backend(cfg.generator.path, device=cfg.device)
         split = load_eval_split(cfg.data_dir)
@@ -391,7 +403,8 @@ def run_practice(
             "image_shape": [h, w] if c == 1 else [h, w, c],
             "generator": backend.identifier,
         }
-        pool = Pool.open_or_create(rd.root / "pool", meta)  # refuses another generator's pool
+        with distributed.main_first():  # rank 0 creates (or repairs) it, then the others open it
+            pool = Pool.open_or_create(rd.root / "pool", meta)  # refuses another generator's pool
         main = _Run(cfg, backend, split, pool, rd, progress, callback)
         main.restore(rd.load_checkpoint())
         main.loop(grow=True)
@@ -408,9 +421,23 @@ def run_practice(
             "branches": branches,
             **{k: last[k] for k in main.state.ledger},
         }
-        paired = _plain_twins(main) if cfg.guidance.omega > 0 and main.state.round >= 1 else None
-        write_practice_report(rd.root, rd.metrics(), pool, summary, paired)
+        if distributed.is_main():
+            twins = cfg.guidance.omega > 0 and main.state.round >= 1
+            paired = _plain_twins(main) if twins else None
+            write_practice_report(rd.root, rd.metrics(), pool, summary, paired)
+        distributed.barrier()  # the report exists when any rank returns
     return summary
+
+
+def _accuracy(learner, images, labels) -> float:
+    """Top-1 accuracy; under torchrun each rank scores a block and the exact counts are summed.
+
+    Every rank thus gets the same number, so patience decisions agree without a broadcast.
+    """
+    part = distributed.block(len(labels))
+    n = part.stop - part.start
+    correct = round(evaluate(learner, images[part], labels[part]) * n)
+    return distributed.all_sum(correct) / max(len(labels), 1)
 
 
 def _plain_twins(run: _Run, per_class: int = 10):
