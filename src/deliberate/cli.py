@@ -59,6 +59,7 @@ def cmd_train_generator(args) -> int:
 def cmd_generate(args) -> int:
     import torch
 
+    from deliberate import distributed
     from deliberate.data.pool import Pool
     from deliberate.generate import SamplerSettings, check_classes, generate_into_pool, plan
     from deliberate.generators.pixel import load_pixel_backend
@@ -76,14 +77,16 @@ def cmd_generate(args) -> int:
     settings.validate()
     pairs = plan(classes, args.per_class, args.seed)
     c, h, w = backend.image_shape
-    pool = Pool.open_or_create(
-        args.out,
-        {
-            "class_names": list(backend.class_names),
-            "image_shape": [h, w] if c == 1 else [h, w, c],
-            "num_classes": backend.num_classes,
-        },
-    )
+    distributed.init("cpu")  # under torchrun: K CPU processes share the batches (gloo)
+    with distributed.main_first():
+        pool = Pool.open_or_create(
+            args.out,
+            {
+                "class_names": list(backend.class_names),
+                "image_shape": [h, w] if c == 1 else [h, w, c],
+                "num_classes": backend.num_classes,
+            },
+        )
     stats = generate_into_pool(
         backend,
         pool,
@@ -93,6 +96,8 @@ def cmd_generate(args) -> int:
         extra={"round": 0, "omega": 0.0},
         progress=not args.quiet,
     )
+    if not distributed.is_main():
+        return 0  # rank 0 writes the grid and prints
     # The grid shows the request's first images of each class, read back from the pool.
     seeds = {s for _, s in pairs}
     rows = [r for r in pool.records() if int(r["seed"]) in seeds]
@@ -222,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("deliberate: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    finally:  # leave torchrun's process group if the command joined one (no torch import here)
+        if (dist := sys.modules.get("deliberate.distributed")) is not None:
+            dist.shutdown()
 
 
 if __name__ == "__main__":

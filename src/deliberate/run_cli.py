@@ -22,12 +22,8 @@ def cmd_run(args) -> int:
         if not config.is_file():
             raise DeliberateError(f"{args.out} holds no run to resume; give a CONFIG file")
     cfg = load_config(PracticeConfig, config, args.set)
-    try:  # under torchrun every rank runs this; run_practice joins the process group
-        s = run_practice(cfg, args.out, progress=not args.quiet)
-    finally:
-        main = distributed.is_main()
-        distributed.shutdown()
-    if not main:
+    s = run_practice(cfg, args.out, progress=not args.quiet)  # under torchrun: on every rank
+    if not distributed.is_main():
         return 0  # rank 0 prints the result
     pct = lambda v: "n/a" if v is None else f"{100 * v:.2f} %"  # noqa: E731
     print(
