@@ -25,6 +25,7 @@ from deliberate.data.pool import Pool
 from deliberate.generate import SamplerSettings, generate_into_pool, plan
 from deliberate.practice import PracticeConfig, run_practice
 from deliberate.sampling import SampleOutput
+from deliberate.training import cpu_rng, random_crop_flip
 from tests.test_practice import CONFIGS, TIMING_KEYS, generator, needs_data  # noqa: F401
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -103,6 +104,15 @@ def test_staged_shards_are_committed_in_plan_order_whoever_wrote_them(tmp_path):
     ]
     np.testing.assert_array_equal(again.load_all()[0], images)
     assert again.verify() == 5
+
+
+def test_a_rank_crops_its_rows_as_one_process_would():
+    x = torch.rand(6, 1, 8, 8)
+    with cpu_rng(5):
+        whole = random_crop_flip(x)
+    with cpu_rng(5):  # rank 1 of 2: rows 3..5 of the global batch
+        share = random_crop_flip(x[3:], part=(6, slice(3, 6)))
+    assert torch.equal(whole[3:], share) and not torch.equal(whole[3:], x[3:])
 
 
 def test_an_interrupted_request_reuses_its_staged_shards_and_drops_others(tmp_path, monkeypatch):

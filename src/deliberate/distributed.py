@@ -9,6 +9,7 @@ says what is global and what is per rank.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from collections.abc import Iterator, Sequence
 
@@ -35,7 +36,10 @@ def init(device: str = "cpu") -> None:
             )
         torch.cuda.set_device(local)  # so that "cuda" means this rank's GPU everywhere below
         _device = torch.device("cuda", local)
-    dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    # An hour, not NCCL's 10 minutes: the others wait while rank 0 alone repairs a large pool
+    # on resume or writes the report; a worker that dies makes torchrun stop the rest anyway.
+    backend = "nccl" if device == "cuda" else "gloo"
+    dist.init_process_group(backend, timeout=datetime.timedelta(hours=1))
 
 
 def shutdown() -> None:

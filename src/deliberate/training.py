@@ -118,11 +118,11 @@ def random_crop_flip(
     so every image gets the crop it would get in a one-process run.
     """
     b, c, h, w = x.shape
-    total, rows = part or (b, slice(None))
+    total, mine = part or (b, slice(None))
     padded = F.pad(x, (pad, pad, pad, pad))  # (B, C, H + 2p, W + 2p)
-    dy = torch.randint(0, 2 * pad + 1, (total, 1))[rows]
-    dx = torch.randint(0, 2 * pad + 1, (total, 1))[rows]
-    flip = (torch.rand(total, 1) < 0.5)[rows]
+    dy = torch.randint(0, 2 * pad + 1, (total, 1))[mine]
+    dx = torch.randint(0, 2 * pad + 1, (total, 1))[mine]
+    flip = (torch.rand(total, 1) < 0.5)[mine]
     rows = dy + torch.arange(h)  # (B, H)
     cols = dx + torch.where(flip, torch.arange(w - 1, -1, -1), torch.arange(w))  # (B, W)
     bi = torch.arange(b).view(b, 1, 1, 1)
@@ -203,7 +203,8 @@ class Trainer:
         self.model.train()
         with cpu_rng(seed):
             if self.cfg.augment:
-                x = random_crop_flip(x, part=(self.cfg.batch_size, self.part))
+                shared = distributed.world_size() > 1  # x is this rank's share of the batch
+                x = random_crop_flip(x, part=(self.cfg.batch_size, self.part) if shared else None)
             target = y
             if self.mix is not None:
                 x, target = self.mix(x, y)  # target: (B, num_classes) soft labels
