@@ -13,7 +13,7 @@ from deliberate.data.fashion_mnist import find_data_dir
 from deliberate.data.pool import Pool
 from deliberate.errors import DeliberateError
 from deliberate.generators.pixel import DEFAULT_GENERATOR, load_pixel_backend
-from deliberate.guidance import learner_fingerprint
+from deliberate.guidance import DEFAULT_GUIDANCE, learner_fingerprint
 from deliberate.learner import build_learner, to_float01
 from deliberate.practice import LoopState, PracticeConfig, decide, patience_limit, run_practice
 from tests.test_generator import tiny_backend
@@ -177,6 +177,37 @@ def test_guided_rounds_are_harder_than_their_plain_twins(tiny_run):
 
 
 @needs_data
+def test_generate_with_a_saved_learner_guides_any_batch(tiny_run, generator, tmp_path, capsys):
+    """`deliberate generate --learner RUN_DIR` guides by the run's final EMA learner."""
+    out, _ = tiny_run
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    learner = build_learner("small_resnet", 10, 1, 28, input_size=14)
+    learner.load_state_dict(ckpt["trainer"]["ema"])
+    common = ["generate", "--per-class", "2", "--steps", "5", "--generator", generator, "--quiet"]
+    pools = {}
+    for name, extra in {"plain": [], "zero": ["--omega", "0"], "guided": ["--omega", "0.05"],
+                        "default": []}.items():  # fmt: skip
+        learner_args = [] if name == "plain" else ["--learner", str(out)]
+        assert main([*common, "--out", str(tmp_path / name), *learner_args, *extra]) == 0
+        pools[name] = Pool(tmp_path / name)
+    plain, _ = pools["plain"].load_all()
+    assert np.array_equal(pools["zero"].load_all()[0], plain)  # omega 0 is plain sampling
+    rows = pools["guided"].records()
+    assert {r["fingerprint"] for r in rows} == {learner_fingerprint(learner)}
+    assert all(r["omega"] == 0.05 for r in rows)
+    assert {r["omega"] for r in pools["default"].records()} == {DEFAULT_GUIDANCE.omega}
+    with torch.no_grad():
+        h_plain = learner.entropy(to_float01(plain)).mean()
+    assert np.mean([r["entropy"] for r in rows]) > h_plain
+    # Bad uses answer in one line.
+    capsys.readouterr()
+    assert main([*common, "--out", str(tmp_path / "x"), "--omega", "0.1"]) == 2
+    assert "--omega and --criterion need --learner" in capsys.readouterr().err
+    assert main([*common, "--out", str(tmp_path / "x"), "--learner", str(tmp_path)]) == 2
+    assert "no checkpoint.pt there" in capsys.readouterr().err
+
+
+@needs_data
 def test_branch_outs_add_scaling_points(tiny_run):
     out, summary = tiny_run
     assert [(b["round"], b["pool_size"]) for b in summary["branches"]] == [(0, 100), (1, 150)]
@@ -236,7 +267,7 @@ def test_presets_load_and_static_matches_the_dp_budget():
     dp = load_config(PracticeConfig, CONFIGS / "dp.yaml")
     static = load_config(PracticeConfig, CONFIGS / "static.yaml")
     tiny = load_config(PracticeConfig, CONFIGS / "tiny.yaml")
-    assert dp.guidance.omega == 0.02 and tiny.practice.per_round > 0
+    assert dp.guidance == DEFAULT_GUIDANCE and tiny.practice.per_round > 0  # generate --learner
     assert static.practice.per_round == 0 and static.guidance.omega == 0
     assert static.practice.initial == static.practice.max_images == dp.practice.max_images
     assert static.learner == dp.learner and static.generator == dp.generator

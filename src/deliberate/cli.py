@@ -7,6 +7,7 @@ Nothing below this module exits the process.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -59,12 +60,16 @@ def cmd_train_generator(args) -> int:
 def cmd_generate(args) -> int:
     import torch
 
+    from deliberate import distributed
     from deliberate.data.imagefolder import ClassList, read_class_file
     from deliberate.data.pool import Pool
     from deliberate.generate import SamplerSettings, check_classes, generate_into_pool, plan
+    from deliberate.generators.base import to_uint8
     from deliberate.generators.latent import LatentSettings, load_backend
+    from deliberate.learner import to_float01
     from deliberate.practice import GeneratorSettings
     from deliberate.report import save_sample_grid
+    from deliberate.sampling import sample
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -81,23 +86,53 @@ def cmd_generate(args) -> int:
     settings.validate()
     pairs = plan(classes, args.per_class, args.seed)
     c, h, w = backend.image_shape
-    pool = Pool.open_or_create(
-        args.out,
-        {
-            "class_names": list(backend.class_names),
-            "image_shape": [h, w] if c == 1 else [h, w, c],
-            "num_classes": backend.num_classes,
-        },
-    )
+    distributed.init("cpu")  # under torchrun: K CPU processes share the batches (gloo)
+    with distributed.main_first():
+        pool = Pool.open_or_create(
+            args.out,
+            {
+                "class_names": list(backend.class_names),
+                "image_shape": [h, w] if c == 1 else [h, w, c],
+                "num_classes": backend.num_classes,
+            },
+        )
+    hook, guided, extra = None, (), {"round": 0, "omega": 0.0}
+    if args.learner is not None:  # entropy guidance by a saved learner (paper §3)
+        from deliberate.guidance import DEFAULT_GUIDANCE, guided_sampler_kwargs, learner_fingerprint
+        from deliberate.practice import load_run_learner
+
+        omega = DEFAULT_GUIDANCE.omega if args.omega is None else args.omega
+        guidance = dataclasses.replace(
+            DEFAULT_GUIDANCE, omega=omega, criterion=args.criterion or DEFAULT_GUIDANCE.criterion
+        )
+        guidance.validate()
+        learner = load_run_learner(args.learner, backend, args.device)
+        hook, guided = guided_sampler_kwargs(backend, learner, guidance, settings.steps)
+        extra = {"round": 0, "omega": omega, "fingerprint": learner_fingerprint(learner)}
+    elif args.omega or args.criterion:
+        raise DeliberateError("--omega and --criterion need --learner RUN_DIR_OR_CHECKPOINT")
+
+    def sample_fn(labels, seeds):
+        out = sample(backend, labels, seeds, **dataclasses.asdict(settings), guidance=hook,
+                     guided_steps=guided)  # fmt: skip
+        if hook is not None:  # the guiding learner's entropy on the image as stored (uint8)
+            with torch.no_grad():
+                stored = to_float01(to_uint8(out.images.cpu())).to(args.device)
+                out.extras["entropy"] = learner.entropy(stored).cpu()
+        return out
+
     stats = generate_into_pool(
         backend,
         pool,
         pairs,
         settings,
         batch_size=args.batch_size,
-        extra={"round": 0, "omega": 0.0},
+        extra=extra,
+        sample_fn=sample_fn,
         progress=not args.quiet,
     )
+    if not distributed.is_main():
+        return 0  # rank 0 writes the grid and prints
     # The grid shows the request's first images of each class, read back from the pool.
     seeds = {s for _, s in pairs}
     rows = [r for r in pool.records() if int(r["seed"]) in seeds]
@@ -193,6 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default="a photo of a {name}", help="stable_diffusion prompt template")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    p.add_argument("--learner", metavar="RUN_DIR_OR_CHECKPOINT",
+                   help="guide by this run's (EMA) learner; a run folder means its latest one")
+    p.add_argument("--omega", type=float, default=None,
+                   help="guidance scale ω with --learner (default: configs/fmnist/dp.yaml's; "
+                        "0 = plain sampling)")
+    p.add_argument("--criterion", choices=("entropy", "cross_entropy", "margin"), default=None,
+                   help="what guidance raises (default: entropy)")
     _add_sampler_args(p)
     p.set_defaults(func=cmd_generate)
 
@@ -234,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("deliberate: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    finally:  # leave torchrun's process group if the command joined one (no torch import here)
+        if (dist := sys.modules.get("deliberate.distributed")) is not None:
+            dist.shutdown()
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
+from deliberate import distributed
 from deliberate.data.pool import Pool
 from deliberate.errors import DeliberateError
 from deliberate.generators.base import Backend, to_uint8
@@ -86,10 +87,26 @@ def generate_into_pool(
     sample_fn: SampleFn | None = None,
     progress: bool = True,
 ) -> dict:
-    """Sample the pairs the pool lacks, one shard per batch; returns counts and timing."""
+    """Sample the pairs the pool lacks, one shard per batch; returns counts and timing.
+
+    Under torchrun the batches are dealt out round-robin by rank (batch j to rank j % K); each
+    rank stages its shards and rank 0 commits them in plan order, so ids, shards and pixels are
+    the same whatever K is. Every rank must call this with the same arguments.
+    """
     settings.validate()
     have = {int(r["seed"]) for r in pool.records()}
     todo = [(y, s) for y, s in pairs if s not in have]
+    batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+    # Batch j becomes shard first_shard + j with ids from first_id + j * batch_size.
+    first_shard, first_id = len(pool.shards), len(pool)
+    done = set()  # batches staged by an interrupted run of this same request
+    if distributed.is_main():
+        staged = pool.staged()
+        wanted = {first_shard + j: [s for _, s in b] for j, b in enumerate(batches)}
+        done = {n for n, seeds in staged.items() if wanted.get(n) == seeds}
+        pool.unstage(set(staged) - done)  # leftovers of another request, so none is committed
+    done = distributed.broadcast(done)
+    mine = [j for j in distributed.strided(range(len(batches))) if first_shard + j not in done]
     if sample_fn is None:
 
         def sample_fn(labels, seeds):
@@ -106,13 +123,13 @@ def generate_into_pool(
     t0 = time.perf_counter()
     bar = tqdm(
         total=len(pairs),
-        initial=len(pairs) - len(todo),
+        initial=len(pairs) - len(todo) + sum(len(batches[n - first_shard]) for n in done),
         desc="generate",
         unit="img",
-        disable=not progress,
+        disable=not progress or not distributed.is_main(),
     )
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start : start + batch_size]
+    for j in mine:
+        chunk = batches[j]
         labels = torch.tensor([y for y, _ in chunk])
         seeds = [s for _, s in chunk]
         out = sample_fn(labels, seeds)
@@ -129,8 +146,20 @@ def generate_into_pool(
             for key, values in out.extras.items():
                 row[key] = float(values[i])
             records.append(row)
-        pool.append(images, records)
-        bar.update(len(chunk))
+        pool.stage(images, records, shard=first_shard + j, first=first_id + j * batch_size)
+        if distributed.is_main():
+            pool.commit()  # publish the contiguous prefix as it grows
+        bar.update(min(len(chunk) * distributed.world_size(), bar.total - bar.n))  # rank 0's view
+    distributed.barrier()  # every rank's shards are staged
+    if distributed.is_main():
+        pool.commit()
+        if missing := first_id + len(todo) - len(pool):
+            raise DeliberateError(
+                f"pool at {pool.root}: {missing} images of this request were not staged; "
+                "re-run the same command to finish it"
+            )
+    distributed.barrier()
+    pool.refresh()  # every rank sees what rank 0 committed
     bar.close()
     seconds = time.perf_counter() - t0
     return {

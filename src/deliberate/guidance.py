@@ -65,6 +65,11 @@ class GuidanceSettings:
         return list(range(0, last, self.every))
 
 
+# What configs/fmnist/dp.yaml guides with (a test keeps the two equal); `deliberate generate
+# --learner` uses it when no --omega is given. Chosen by the ω sweep in BENCHMARKS.md.
+DEFAULT_GUIDANCE = GuidanceSettings(omega=0.04)
+
+
 def criterion_value(logits: torch.Tensor, labels: torch.Tensor, criterion: str) -> torch.Tensor:
     """Per-sample value that guidance INCREASES (B,)."""
     if criterion == "entropy":

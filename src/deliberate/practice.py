@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from deliberate import distributed
 from deliberate.config import field, to_dict
 from deliberate.data.imagefolder import DataSettings, evaluate_ood, load_split
 from deliberate.data.pool import Pool, atomic_file
@@ -196,9 +197,12 @@ class _Run:
             self.trainer.load_state_dict(ckpt["trainer"])
             self.state = LoopState(**ckpt["loop"])
             torch.set_rng_state(ckpt["rng"])
-        self.rd.truncate_metrics(self.state.evals)
+        if distributed.is_main():
+            self.rd.truncate_metrics(self.state.evals)
 
     def checkpoint(self, path: Path | None = None, state: LoopState | None = None) -> None:
+        if not distributed.is_main():  # every rank holds the same state; one writes it
+            return
         loop = asdict(state or self.state)
         ckpt = {"trainer": self.trainer.state_dict(), "loop": loop, "rng": torch.get_rng_state()}
         self.rd.save_checkpoint(ckpt, path)
@@ -243,9 +247,9 @@ class _Run:
         led = st.ledger  # counted from the request, so a resumed round adds up the same
         led["denoiser_evals"] += n * (s.steps * (2 if s.cfg else 1) + len(steps))
         led["guidance_backward"] += n * len(steps)
-        led["guidance_skipped"] += hook.skipped if hook else 0
+        led["guidance_skipped"] += distributed.all_sum(hook.skipped if hook else 0)
         led["seconds_generate"] += time.perf_counter() - t0
-        if hook is not None:
+        if hook is not None and distributed.is_main():
             self.save_twins(k, learner)
         st.round, st.pending, st.pool_size, st.patience = k, False, len(self.pool), 0
         entropies = [r.get("entropy") for r in self.pool.records() if r["round"] == k]
@@ -288,8 +292,9 @@ class _Run:
         weights = torch.where(torch.as_tensor(rounds == rounds.max()), w, 1.0).double()
         labels_t = torch.as_tensor(labels)
 
-        def weighted(generator, batch_size):  # Table 3's "non-uni.": newest round up-weighted
+        def weighted(generator, batch_size, part):  # Table 3's "non-uni.": newest round up-weighted
             idx = torch.multinomial(weights, batch_size, replacement=True, generator=generator)
+            idx = idx[part]  # this rank's rows of the global batch
             return torch.as_tensor(images[idx.numpy()]), labels_t[idx]
 
         return weighted
@@ -298,11 +303,11 @@ class _Run:
         """Evaluate the EMA learner on real val (decides) and test (reported) images."""
         t0, st, tr, p = time.perf_counter(), self.state, self.trainer, self.cfg.practice
         step = tr.step_count
-        val = evaluate(tr.ema, self.split.val_images, self.split.val_labels)
+        val = _accuracy(tr.ema, self.split.val_images, self.split.val_labels)
         last = step >= tr.cfg.iterations
         test = None
         if last or (p.test_every and (st.evals + 1) % p.test_every == 0):
-            test = evaluate(tr.ema, self.split.test_images, self.split.test_labels)
+            test = _accuracy(tr.ema, self.split.test_images, self.split.test_labels)
         st.ledger["seconds_eval"] += time.perf_counter() - t0
         phase = "warmup" if step < round(tr.cfg.warmup_frac * tr.cfg.iterations) else "stable"
         return {
@@ -311,7 +316,7 @@ class _Run:
             "round": st.round,
             "val_acc": val,
             "test_acc": test,
-            "train_loss": float(np.mean(losses)),
+            "train_loss": distributed.mean(float(np.mean(losses))),  # over the ranks' shares
             "lr": tr.lr,
             "phase": "cooldown" if tr.in_cooldown else phase,
             "entropy_last_round": st.last_entropy,
@@ -343,7 +348,8 @@ class _Run:
                 patience_limit=patience_limit(cfg.practice, st.pool_size),
                 **st.ledger,
             )
-            self.rd.append_metrics(row)
+            if distributed.is_main():
+                self.rd.append_metrics(row)
             st.evals += 1
             bar.set_postfix(pool=st.pool_size, val=f"{row['val_acc']:.3f}", T=st.patience)
             self.notify("eval", {**row, "run": self.tag})
@@ -353,6 +359,7 @@ class _Run:
                     self.fork()
             self.checkpoint()  # before generating: a crash mid-round resumes with this learner
         bar.close()
+        distributed.barrier()  # rank 0's last metrics row is on disk before anyone reads it
 
     def fork(self) -> None:
         """Save a branch-out: this exact state, set to finish training on the current pool."""
@@ -360,7 +367,8 @@ class _Run:
         st.forks.append([st.round, self.trainer.step_count, st.pool_size])
         branch = dataclasses.replace(st, pending=False, evals=0, forks=[])
         folder = self.rd.root / "branches" / f"round-{st.round}"
-        folder.mkdir(parents=True, exist_ok=True)
+        if distributed.is_main():
+            folder.mkdir(parents=True, exist_ok=True)
         self.checkpoint(folder / "fork.pt", branch)
 
 
@@ -393,8 +401,9 @@ def _finish_branch(main: _Run, k: int, iteration: int, size: int) -> dict:
         "val_acc": last["val_acc"],
         "test_acc": last["test_acc"],
     }
-    with atomic_file(result_file) as f:
-        f.write(json.dumps(result).encode())
+    if distributed.is_main():
+        with atomic_file(result_file) as f:
+            f.write(json.dumps(result).encode())
     return result
 
 
@@ -407,8 +416,11 @@ def run_practice(
     before each sampling batch ("sample"); an exception it raises stops the run like a crash.
     """
     cfg.validate()
+    distributed.init(cfg.device)  # joins torchrun's group; a no-op in a single process
+    progress = progress and distributed.is_main()
     rd = RunDir(out_dir)
-    rd.claim(to_dict(cfg))
+    with distributed.main_first():  # rank 0 writes config.yaml; the others check theirs against it
+        rd.claim(to_dict(cfg))
     with _threads(cfg.threads):
         split, classes = load_split(cfg.data, cfg.data_dir)
         backend = load_backend(cfg.generator, device=cfg.device, classes=classes)
@@ -419,7 +431,8 @@ def run_practice(
             "image_shape": [h, w] if c == 1 else [h, w, c],
             "generator": backend.identifier,
         }
-        pool = Pool.open_or_create(rd.root / "pool", meta)  # refuses another generator's pool
+        with distributed.main_first():  # rank 0 creates (or repairs) it, then the others open it
+            pool = Pool.open_or_create(rd.root / "pool", meta)  # refuses another generator's pool
         main = _Run(cfg, backend, split, pool, rd, progress, callback)
         main.restore(rd.load_checkpoint())
         main.loop(grow=True)
@@ -436,16 +449,61 @@ def run_practice(
             "branches": branches,
             **{k: last[k] for k in main.state.ledger},
         }
-        if cfg.data.kind == "imagefolder" and cfg.data.imagefolder.ood:
-            ood_file = rd.root / "ood.json"
-            summary["ood"] = evaluate_ood(main.trainer.ema, cfg.data.imagefolder, classes, ood_file)
-        twins = {}
-        for path in sorted((rd.root / "twins").glob("round-*.npz")):
-            with np.load(path) as z:
-                twins[int(path.stem.split("-")[1])] = dict(z)
-        summary["twin_entropy"] = {
-            k: [float(t["entropy_plain"].mean()), float(t["entropy_guided"].mean())]
-            for k, t in sorted(twins.items())
-        }
-        write_practice_report(rd.root, rd.metrics(), pool, summary, twins)
+        if distributed.is_main():
+            if cfg.data.kind == "imagefolder" and cfg.data.imagefolder.ood:
+                ood_file = rd.root / "ood.json"
+                summary["ood"] = evaluate_ood(
+                    main.trainer.ema, cfg.data.imagefolder, classes, ood_file
+                )
+            twins = {}
+            for path in sorted((rd.root / "twins").glob("round-*.npz")):
+                with np.load(path) as z:
+                    twins[int(path.stem.split("-")[1])] = dict(z)
+            summary["twin_entropy"] = {
+                k: [float(t["entropy_plain"].mean()), float(t["entropy_guided"].mean())]
+                for k, t in sorted(twins.items())
+            }
+            write_practice_report(rd.root, rd.metrics(), pool, summary, twins)
+        distributed.barrier()  # the report exists when any rank returns
     return summary
+
+
+def load_run_learner(path: str | Path, backend, device: str = "cpu") -> torch.nn.Module:
+    """The EMA learner of a run: a run folder (its latest checkpoint) or a checkpoint in one.
+
+    The architecture comes from the run's config.yaml (found next to the checkpoint or up to two
+    folders above it, for branch-outs); the weights load with `torch.load(weights_only=True)`.
+    """
+    from deliberate.config import load_config
+
+    path = Path(path)
+    file = path / "checkpoint.pt" if path.is_dir() else path
+    if not file.is_file():
+        raise DeliberateError(f"--learner {path}: no checkpoint.pt there; give a run folder")
+    config = next((d / "config.yaml" for d in file.parents[:3] if (d / "config.yaml").exists()), None)
+    if config is None:
+        raise DeliberateError(f"--learner {path}: no config.yaml beside or above the checkpoint")
+    lrn = load_config(PracticeConfig, config).learner
+    ckpt = RunDir(file.parent).load_checkpoint(file)
+    c, size, _ = backend.image_shape
+    net = build_learner(lrn.arch, backend.num_classes, c, size, input_size=lrn.input_size or None)
+    try:
+        net.load_state_dict(ckpt["trainer"]["ema"])
+    except (KeyError, RuntimeError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise DeliberateError(
+            f"--learner {path} does not fit this generator's {backend.num_classes} classes "
+            f"and {c}x{size}x{size} images ({first[:120]})"
+        ) from None
+    return net.to(device).eval()
+
+
+def _accuracy(learner, images, labels) -> float:
+    """Top-1 accuracy; under torchrun each rank scores a block and the exact counts are summed.
+
+    Every rank thus gets the same number, so patience decisions agree without a broadcast.
+    """
+    part = distributed.block(len(labels))
+    n = part.stop - part.start
+    correct = round(evaluate(learner, images[part], labels[part]) * n)
+    return distributed.all_sum(correct) / max(len(labels), 1)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 
 def cmd_run(args) -> int:
+    from deliberate import distributed
     from deliberate.config import load_config
     from deliberate.errors import DeliberateError
     from deliberate.practice import PracticeConfig, run_practice
@@ -21,7 +22,9 @@ def cmd_run(args) -> int:
         if not config.is_file():
             raise DeliberateError(f"{args.out} holds no run to resume; give a CONFIG file")
     cfg = load_config(PracticeConfig, config, args.set)
-    s = run_practice(cfg, args.out, progress=not args.quiet)
+    s = run_practice(cfg, args.out, progress=not args.quiet)  # under torchrun: on every rank
+    if not distributed.is_main():
+        return 0  # rank 0 prints the result
     pct = lambda v: "n/a" if v is None else f"{100 * v:.2f} %"  # noqa: E731
     print(
         f"{args.out}: pool {s['pool_size']} images ({s['rounds']} guided round(s)), "

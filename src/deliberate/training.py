@@ -19,11 +19,12 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
+from deliberate import distributed
 from deliberate.errors import DeliberateError
 from deliberate.learner import Learner, build_learner, evaluate, to_float01
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-Sampler = Callable[[torch.Generator, int], Batch]
+Sampler = Callable[[torch.Generator, int, slice], Batch]  # (rng, global batch size, my rows)
 
 
 @dataclass
@@ -108,13 +109,20 @@ def cpu_rng(seed: int) -> Iterator[None]:
         yield
 
 
-def random_crop_flip(x: torch.Tensor, pad: int = 2) -> torch.Tensor:
-    """Per-image random crop from a zero-padded copy plus a horizontal flip (global RNG)."""
+def random_crop_flip(
+    x: torch.Tensor, pad: int = 2, part: tuple[int, slice] | None = None
+) -> torch.Tensor:
+    """Per-image random crop from a zero-padded copy plus a horizontal flip (global RNG).
+
+    `part` = (global batch size, rows of x in it): the draws are made for the whole global batch,
+    so every image gets the crop it would get in a one-process run.
+    """
     b, c, h, w = x.shape
+    total, mine = part or (b, slice(None))
     padded = F.pad(x, (pad, pad, pad, pad))  # (B, C, H + 2p, W + 2p)
-    dy = torch.randint(0, 2 * pad + 1, (b, 1))
-    dx = torch.randint(0, 2 * pad + 1, (b, 1))
-    flip = torch.rand(b, 1) < 0.5
+    dy = torch.randint(0, 2 * pad + 1, (total, 1))[mine]
+    dx = torch.randint(0, 2 * pad + 1, (total, 1))[mine]
+    flip = (torch.rand(total, 1) < 0.5)[mine]
     rows = dy + torch.arange(h)  # (B, H)
     cols = dx + torch.where(flip, torch.arange(w - 1, -1, -1), torch.arange(w))  # (B, W)
     bi = torch.arange(b).view(b, 1, 1, 1)
@@ -134,8 +142,8 @@ def uniform_sampler(images: np.ndarray | torch.Tensor, labels) -> Sampler:
             f"need as many labels as images (>0); got {len(images)}, {len(labels_t)}"
         )
 
-    def sample(generator: torch.Generator, batch_size: int) -> Batch:
-        idx = torch.randint(len(images), (batch_size,), generator=generator)
+    def sample(generator: torch.Generator, batch_size: int, part: slice = slice(None)) -> Batch:
+        idx = torch.randint(len(images), (batch_size,), generator=generator)[part]
         batch = images[idx.numpy()] if isinstance(images, np.ndarray) else images[idx]
         return torch.as_tensor(batch), labels_t[idx]
 
@@ -145,7 +153,8 @@ def uniform_sampler(images: np.ndarray | torch.Tensor, labels) -> Sampler:
 class Trainer:
     """Owns the learner, its EMA copy, AdamW, the WSD schedule, the step counter and the RNG.
 
-    `model` holds the live weights being optimised; evaluate and guide with `ema`.
+    `model` holds the live weights being optimised; evaluate and guide with `ema`. Under torchrun
+    each rank trains on its even share of the global batch `cfg.batch_size` through DDP.
     """
 
     def __init__(self, learner: Learner, cfg: TrainConfig):
@@ -153,6 +162,8 @@ class Trainer:
         self.model = learner
         # A manual EMA over the whole state_dict, so BatchNorm statistics are averaged too.
         self.ema = copy.deepcopy(learner).eval().requires_grad_(False)
+        self.ddp = distributed.wrap(learner)  # the model itself in a single process
+        self.part = distributed.batch_part(cfg.batch_size)  # this rank's rows of each batch
         self.optimizer = torch.optim.AdamW(
             learner.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
         )
@@ -192,22 +203,25 @@ class Trainer:
         self.model.train()
         with cpu_rng(seed):
             if self.cfg.augment:
-                x = random_crop_flip(x)
+                shared = distributed.world_size() > 1  # x is this rank's share of the batch
+                x = random_crop_flip(x, part=(self.cfg.batch_size, self.part) if shared else None)
             target = y
             if self.mix is not None:
                 x, target = self.mix(x, y)  # target: (B, num_classes) soft labels
-            loss = F.cross_entropy(self.model(x), target, label_smoothing=self.cfg.label_smoothing)
+            loss = F.cross_entropy(self.ddp(x), target, label_smoothing=self.cfg.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
         self.optimizer.step()
         self.scheduler.step()
         self.step_count += 1
         self._update_ema()
-        return loss.item()
+        return loss.item()  # under torchrun: the loss on this rank's share of the batch
 
     def train_steps(self, sampler: Sampler, n: int) -> list[float]:
-        """Take `n` steps on batches from `sampler(self.generator, batch_size)`; returns losses."""
-        return [self.step(*sampler(self.generator, self.cfg.batch_size)) for _ in range(n)]
+        """Take `n` steps on batches from `sampler(self.generator, batch_size, part)`; losses."""
+        return [
+            self.step(*sampler(self.generator, self.cfg.batch_size, self.part)) for _ in range(n)
+        ]
 
     @torch.no_grad()
     def _update_ema(self) -> None:

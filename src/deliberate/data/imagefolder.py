@@ -212,10 +212,14 @@ class StreamedImages:
     """Real images read from disk batch by batch; `learner.evaluate` accepts it like an array."""
 
     def __init__(self, files: list[str], size: int, workers: int = 0):
-        self.dataset, self.workers = _Files(files, size), workers
+        self.dataset, self.size, self.workers = _Files(files, size), size, workers
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    def __getitem__(self, part: slice) -> StreamedImages:
+        """A contiguous block of the files (a rank's share of an evaluation under torchrun)."""
+        return StreamedImages(self.dataset.files[part], self.size, self.workers)
 
     def iter_batches(self, batch_size: int):
         """Yield (start, float images (B, 3, S, S) in [0, 1]) in file order, B <= 256."""

@@ -11,7 +11,7 @@ import functools
 import json
 import os
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -87,6 +87,7 @@ class Pool:
         self.root = Path(root)
         self._shard_dir = self.root / "shards"
         self._manifest = self.root / "manifest.jsonl"
+        self._staging = self.root / "staging"  # shards written, not yet committed (`stage`)
         self.meta = self._read_header()
         with self._lock():
             self._scan()
@@ -174,6 +175,66 @@ class Pool:
             self._shards.append((name, first, len(rows)))
             self._labels = np.concatenate([self._labels, labels])
         return ids.tolist()
+
+    def stage(
+        self, images: np.ndarray, records: Sequence[Mapping[str, Any]], *, shard: int, first: int
+    ) -> None:
+        """Write a future shard (number `shard`, ids from `first`) to staging/, for `commit`.
+
+        Several processes may stage at once, each its own shards: readers see nothing until
+        `commit` moves a staged shard into the pool, so ids never depend on who finished first.
+        """
+        if self.image_shape is None:
+            raise self._err("stage needs image_shape in the pool meta; give it to Pool.create")
+        if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
+            raise self._err("staged images must be a uint8 array; use np.uint8 in 0..255")
+        if tuple(images.shape[1:]) != self.image_shape or len(records) != len(images):
+            raise self._err(
+                f"staged {images.shape} with {len(records)} records; the pool holds "
+                f"{self.image_shape} images, one record each"
+            )
+        name = _shard_name(shard)
+        rows = [self._row(first + i, name, i, r) for i, r in enumerate(records)]
+        ids = np.arange(first, first + len(rows), dtype=np.int64)
+        labels = np.array([r["label"] for r in rows], np.int64)
+        packed = np.frombuffer(_dumps(rows).encode(), np.uint8)
+        self._staging.mkdir(exist_ok=True)
+        with atomic_file(self._staging / name) as f:
+            np.savez(f, images=images, ids=ids, labels=labels, rows=packed)
+
+    def staged(self) -> dict[int, list[int]]:
+        """The complete staged shards: shard number -> the seeds of its images, in order."""
+        out = {}
+        for path in sorted(self._staging.glob("shard-*.npz")) if self._staging.exists() else []:
+            with contextlib.suppress(DeliberateError):  # unreadable: as good as absent
+                out[int(path.name[6:-4])] = [r["seed"] for r in self._load(path)[3]]
+        return out
+
+    def unstage(self, numbers: Iterable[int]) -> None:
+        """Delete these staged shards and any half-written staging file (no writer may be busy)."""
+        if self._staging.exists():
+            for path in [*(self._staging / _shard_name(n) for n in numbers),
+                         *self._staging.glob(".*.tmp")]:  # fmt: skip
+                path.unlink(missing_ok=True)
+
+    def commit(self) -> int:
+        """Move the staged shards that continue the pool into it, in order; return their images."""
+        moved = 0
+        with self._lock():
+            self._refresh()
+            while (src := self._staging / _shard_name(len(self._shards))).exists():
+                _, ids, labels, rows = self._load(src)
+                first, name = len(self), src.name
+                if ids.tolist() != list(range(first, first + len(ids))):
+                    raise self._err(f"staged {name} does not continue from id {first}; delete it")
+                os.replace(src, self._shard_dir / name)
+                _fsync_dir(self._shard_dir)
+                # A crash here leaves a complete shard without rows; the next open re-derives them.
+                self._write_rows("".join(_dumps(r) + "\n" for r in rows).encode())
+                self._shards.append((name, first, len(ids)))
+                self._labels = np.concatenate([self._labels, labels])
+                moved += len(ids)
+        return moved
 
     def _row(self, id_: int, shard: str, index: int, record: Mapping[str, Any]) -> dict:
         """Validate one caller record and turn it into a manifest row (plain JSON values)."""
@@ -346,10 +407,14 @@ class Pool:
             ends.append((ends[-1] if ends else 0) + len(line))
         return rows, ends
 
-    def _load(self, name: str, images: bool = True) -> tuple[Any, np.ndarray, np.ndarray, list]:
-        """Read one shard (images optional), turning any damage into a one-line error."""
+    def _load(
+        self, name: str | Path, images: bool = True
+    ) -> tuple[Any, np.ndarray, np.ndarray, list]:
+        """Read one shard (a name in shards/, or a path; images optional); damage -> one line."""
+        path = name if isinstance(name, Path) else self._shard_dir / name
+        name = path.name
         try:
-            with np.load(self._shard_dir / name, allow_pickle=False) as z:
+            with np.load(path, allow_pickle=False) as z:
                 ids, labels = z["ids"].astype(np.int64), z["labels"].astype(np.int64)
                 rows = json.loads(bytes(z["rows"]).decode())
                 pixels = z["images"] if images else None
