@@ -225,7 +225,8 @@ def run_prune(cfg: PruneConfig, out_dir: str | Path, progress: bool = True, call
             "branches": [],
             **{k: last[k] for k in run.state.ledger},
         }
-        final = finish_summary(trd.root, train_cfg, backend, run.trainer.ema, split, pool, final)
+        ema = run.trainer.ema
+        final = finish_summary(trd.root, train_cfg, backend, ema, split, pool, final, progress)
         from deliberate.report import write_practice_report
 
         write_practice_report(trd.root, trd.metrics(), pool, final)

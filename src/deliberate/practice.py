@@ -415,7 +415,8 @@ def run_practice(
         }
         from deliberate.summary import finish_summary  # shifted suite, Fig. 6 errors, compute
 
-        summary = finish_summary(rd.root, cfg, backend, main.trainer.ema, split, pool, summary)
+        ema = main.trainer.ema
+        summary = finish_summary(rd.root, cfg, backend, ema, split, pool, summary, progress)
         paired = _plain_twins(main) if cfg.guidance.omega > 0 and main.state.round >= 1 else None
         write_practice_report(rd.root, rd.metrics(), pool, summary, paired)
     return summary

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
+from tqdm.auto import tqdm
 
 from deliberate.learner import evaluate
 
@@ -53,8 +54,11 @@ def shift_images(images: np.ndarray, name: str) -> np.ndarray:
     return (y * 255).round().to(torch.uint8)[:, 0].numpy()
 
 
-def evaluate_shifted(learner, images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+def evaluate_shifted(
+    learner, images: np.ndarray, labels: np.ndarray, progress: bool = False
+) -> dict[str, float]:
     """Top-1 accuracy of `learner` on every shifted copy of (images, labels), plus their mean."""
-    out = {name: evaluate(learner, shift_images(images, name), labels) for name in SHIFTS}
+    names = tqdm(SHIFTS, desc="shifted test sets", disable=not progress, leave=False)
+    out = {name: evaluate(learner, shift_images(images, name), labels) for name in names}
     out["mean"] = float(np.mean(list(out.values())))
     return out

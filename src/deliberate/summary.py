@@ -59,13 +59,16 @@ def write_summary(root: str | Path, summary: dict) -> dict:
     return summary
 
 
-def finish_summary(root, cfg, backend, learner, split, pool, summary_in: dict) -> dict:
+def finish_summary(
+    root, cfg, backend, learner, split, pool, summary_in: dict, progress: bool = False
+) -> dict:
     """Add shifted accuracy, round errors and generation compute to `summary`; write it."""
     old = read_summary(root) or {}
     same = all(old.get(k) == summary_in.get(k) for k in ("iterations", "pool_size", "test_acc"))
     extra = {k: old[k] for k in ("shifted", "round_errors", "learner_cost") if same and k in old}
     if "shifted" not in extra:
-        extra["shifted"] = evaluate_shifted(learner, split.test_images, split.test_labels)
+        images, labels = split.test_images, split.test_labels
+        extra["shifted"] = evaluate_shifted(learner, images, labels, progress=progress)
     if "round_errors" not in extra:
         extra["round_errors"] = round_errors(learner, pool)
     if "learner_cost" not in extra:
