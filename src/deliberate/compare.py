@@ -103,7 +103,8 @@ def expand_dirs(paths) -> list[Path]:
             out.append(p)
         else:
             raise DeliberateError(f"{p} holds no run (config.yaml) and no sweep (sweep.json)")
-    return out
+    seen = set()  # a run named twice (itself and inside its sweep) counts once
+    return [p for p in out if not (p.resolve() in seen or seen.add(p.resolve()))]
 
 
 # ------------------------------------------------------------------------------- statistics
@@ -236,18 +237,26 @@ def plot_compute(runs: list[dict], path: Path) -> Path | None:
 
 
 def plot_omega(runs: list[dict], path: Path) -> Path | None:
-    """Accuracy vs omega for DP runs with default patience and sampling (Fig. 5b, Table 3)."""
-    dp = [r for r in runs if r["method"] in ("DP", "DP ω=0") and "," not in r["label"]]
-    if len({r["omega"] for r in dp}) < 2:
+    """Accuracy vs omega, one line per DP variant (patience, sampling) (Fig. 5b, Table 3)."""
+    variants = defaultdict(list)
+    for r in runs:
+        if r["method"] in ("DP", "DP ω=0"):
+            variants[r["label"].partition(", ")[2]].append(r)  # the label less its omega
+    variants = {v: g for v, g in variants.items() if len({r["omega"] for r in g}) > 1}
+    if not variants:
         return None
     fig, (ax,) = _figure(8, 5)
-    _plot_series(ax, [(r["omega"], r["summary"]["test_acc"]) for r in dp], "DP, clean test", "DP")
-    shifted = [(r["omega"], r["summary"].get("shifted", {}).get("mean")) for r in dp]
-    _plot_series(ax, shifted, "DP, shifted test (mean of 6)", "DP", ls="--", color="C5")
+    for i, (variant, group) in enumerate(variants.items()):
+        name = f"DP{', ' + variant if variant else ''}"
+        color = f"C{(2 * i + 3) % 10}"
+        clean = [(r["omega"], r["summary"]["test_acc"]) for r in group]
+        shifted = [(r["omega"], r["summary"].get("shifted", {}).get("mean")) for r in group]
+        _plot_series(ax, clean, f"{name}: clean test", "DP", color=color)
+        _plot_series(ax, shifted, f"{name}: shifted test (mean of 6)", "DP", ls="--", color=color)
     static = [r for r in runs if r["method"] == "static"]
     if static:
         m, _ = _ms([r["summary"]["test_acc"] for r in static])
-        ax.axhline(100 * m, color="C0", ls=":", label="static (clean)")
+        ax.axhline(100 * m, color="C0", ls=":", label="static (clean test)")
     _finish(ax, "Guidance scale ablation: accuracy vs omega (omega = 0: no guidance)",
             "entropy-guidance scale omega (relative step |dx| / |x_t|)")  # fmt: skip
     return _save(fig, path)
@@ -335,7 +344,7 @@ def plot_shifted(runs: list[dict], path: Path) -> Path | None:
         ax.bar(x, [100 * m for m, _ in vals], width, yerr=[100 * s for _, s in vals], capsize=2,
                label=label, color=f"C{i % 10}")  # fmt: skip
     ax.set_xticks(np.arange(len(sets)), sets)
-    _finish(ax, "Accuracy on the real test set and its shifted copies (9,000 images each)",
+    _finish(ax, "Accuracy on the real test set (9,000) and its shifted copies (1,500 each)",
             "test set (shifted copies: deliberate.shifted)")  # fmt: skip
     return _save(fig, path)
 
