@@ -196,7 +196,13 @@ def run_prune(cfg: PruneConfig, out_dir: str | Path, progress: bool = True, call
         scorer = _scorer(score_cfg, backend, split, scorer_root)
         scorer_pool = Pool(scorer_root / "pool")
         cands = Pool.open_or_create(root / "candidates", scorer_pool.meta)
-        cand_ledger = _candidates(cfg, backend, scorer, cands, progress)
+        ledger_file = root / "candidates.json"  # kept, so a resumed run reports the same seconds
+        if ledger_file.exists():
+            cand_ledger = json.loads(ledger_file.read_text())
+        else:
+            cand_ledger = _candidates(cfg, backend, scorer, cands, progress)
+            with atomic_file(ledger_file) as f:
+                f.write(json.dumps(cand_ledger).encode())
         records = cands.records()
         entropy = np.array([r["entropy"] for r in records])
         labels = np.array([r["label"] for r in records])

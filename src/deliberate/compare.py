@@ -204,6 +204,10 @@ def plot_prune(runs: list[dict], path: Path) -> Path | None:
         ax.axhline(100 * m, ls="--", lw=1, color=color,
                    label=f"{label} (pool {'/'.join(map(str, pools))})")  # fmt: skip
     ax.set_xscale("log", base=2)
+    from matplotlib.ticker import ScalarFormatter
+
+    ax.set_xticks(sorted({r["summary"]["ratio"] for r in prune}))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
     sel = sorted({r["summary"]["pool_size"] for r in prune})
     _finish(ax, f"Oversample-then-prune: accuracy vs oversampling ratio (selected pool {sel})",
             "oversampling ratio R = candidates / kept (log2 scale)")  # fmt: skip
