@@ -108,3 +108,16 @@ def test_sweep_runs_resumes_and_reports(tmp_path, generator, capsys):  # noqa: F
     assert all(f"![{name}]({name})" in md for name in PLOTS)
     assert "plain vs guided" in md
     assert main(["report", str(tmp_path / "nothing"), "--out", str(report)]) == 2
+
+
+@pytest.mark.parametrize("name", ["demo", "scaling", "omega", "prune", "ablations"])
+def test_shipped_sweeps_expand_to_valid_configs(name, tmp_path):
+    from deliberate.config import load_config
+    from deliberate.sweep import kind_runner
+
+    points = expand(load_spec(CONFIGS / f"{name}.yaml"), tmp_path)
+    assert len(points) >= 3 and len({p.folder for p in points}) == len(points)
+    for p in points:
+        cfg = load_config(kind_runner(p.kind)[0], p.base, p.overrides)  # validates every point
+        if name == "demo" and p.name == "static":
+            assert cfg.practice.initial == cfg.practice.max_images and cfg.guidance.omega == 0

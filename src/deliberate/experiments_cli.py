@@ -100,7 +100,7 @@ def register(subparsers) -> None:
         formatter_class=fmt,
     )
     p.add_argument("--out", default="runs/demo", help="demo folder")
-    p.add_argument("--config", default=None, help=f"sweep file (default: configs/fmnist/{DEMO})")
+    p.add_argument("--config", default=None, help=f"sweep file; none = configs/fmnist/{DEMO}")
     add_set_argument(p, "learner.iterations=500")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)

@@ -59,7 +59,7 @@ class Point:
         return f"{self.name}-s{self.seed}"
 
 
-def _kind(kind: str) -> tuple[type, object]:
+def kind_runner(kind: str) -> tuple[type, object]:
     if kind == "prune":
         from deliberate.baselines import PruneConfig, run_prune
 
@@ -185,7 +185,7 @@ def run_sweep(
         f.write(yaml.safe_dump({"spec": spec, "set": list(cli_sets)}, sort_keys=False).encode())
     rows = []
     for i, p in enumerate(points, 1):
-        cls, run = _kind(p.kind)
+        cls, run = kind_runner(p.kind)
         cfg = load_config(cls, p.base, p.overrides)  # validates before anything runs
         folder = root / p.folder
         if folder.exists():
