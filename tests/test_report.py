@@ -121,3 +121,17 @@ def test_shipped_sweeps_expand_to_valid_configs(name, tmp_path):
         cfg = load_config(kind_runner(p.kind)[0], p.base, p.overrides)  # validates every point
         if name == "demo" and p.name == "static":
             assert cfg.practice.initial == cfg.practice.max_images and cfg.guidance.omega == 0
+
+
+def test_cost_table_compares_prune_and_dp_at_the_same_pool():
+    from deliberate.compare import cost_table
+
+    def run(method, label, pool, acc, compute):
+        summary = {"pool_size": pool, "test_acc": acc, "generation_compute": compute}
+        return {"method": method, "label": label, "summary": summary}
+
+    runs = [run("prune", "prune R=8", 2500, 0.78, 50_000), run("DP", "DP ω=0.02", 2500, 0.80, 10_000),
+            run("DP", "DP ω=0.02", 2500, 0.82, 10_000), run("DP", "DP ω=0.1", 1500, 0.7, 9_000)]  # fmt: skip
+    table = cost_table(runs)
+    assert table[2:] == ["| DP ω=0.02 | prune R=8 | 2500 | +3.00 | 5.00× |"]  # ω=0.1: other pool
+    assert cost_table(runs[1:]) == []

@@ -219,21 +219,18 @@ def plot_compute(runs: list[dict], path: Path) -> Path | None:
     if not any(r["summary"].get("generation_compute") for r in runs):
         return None
     fig, (ax,) = _figure(8, 5)
-    by_method = defaultdict(list)
-    for r in runs:
-        by_method[r["method"]].append(r)
-    for method, group in by_method.items():
-        for label, sub in _groups(group).items():
-            pts = [(r["summary"]["generation_compute"], r["summary"]["test_acc"]) for r in sub]
-            x, m, s = _series(pts)
-            color, marker = STYLE.get(method, ("C4", "v"))
-            ax.errorbar(x.mean(), 100 * np.mean(m), yerr=100 * _ms(m)[1] if len(m) > 1 else None,
-                        xerr=x.std() if len(x) > 1 else None, color=color, marker=marker, ms=6,
-                        capsize=3, ls="none")  # fmt: skip
-            ax.annotate(label, (x.mean(), 100 * np.mean(m)), fontsize=FONT_PT - 2,
-                        xytext=(4, 4), textcoords="offset points")  # fmt: skip
-        ax.plot([], [], color=STYLE.get(method, ("C4", "v"))[0],
-                marker=STYLE.get(method, ("C4", "v"))[1], ls="none", label=method)  # fmt: skip
+    seen = set()
+    for label, group in _groups(runs).items():
+        method = group[0]["method"]
+        color, marker = STYLE.get(method, ("C4", "v"))
+        (x, xs), (y, ys) = (_ms([r["summary"].get(k) for r in group]) for k in
+                            ("generation_compute", "test_acc"))  # fmt: skip
+        ax.errorbar(x, 100 * y, xerr=xs if len(group) > 1 else None,
+                    yerr=100 * ys if len(group) > 1 else None, color=color, marker=marker,
+                    ms=6, capsize=3, ls="none", label=None if method in seen else method)  # fmt: skip
+        seen.add(method)
+        ax.annotate(label, (x, 100 * y), fontsize=FONT_PT - 2, xytext=(4, 4),
+                    textcoords="offset points")  # fmt: skip
     ax.set_xscale("log")
     _finish(ax, "Accuracy vs generation compute (Fig. 5d analogue)",
             "generation compute (denoiser-evaluation equivalents, log scale)")  # fmt: skip
@@ -380,6 +377,34 @@ def results_table(runs: list[dict]) -> list[str]:
     return lines
 
 
+def cost_table(runs: list[dict]) -> list[str]:
+    """Prune vs guided DP at the same training pool: accuracy difference and compute ratio."""
+    groups = _groups(runs)
+    prune = {lab: g for lab, g in groups.items() if g[0]["method"] == "prune"}
+    dp = {lab: g for lab, g in groups.items() if g[0]["method"] == "DP"}
+    lines = []
+    for plab, pg in prune.items():
+        pool = _ms([r["summary"]["pool_size"] for r in pg])[0]
+        for dlab, dg in dp.items():
+            if abs(_ms([r["summary"]["pool_size"] for r in dg])[0] - pool) > 0.05 * pool:
+                continue  # only at (about) the same selected size
+            pa, pc = (
+                _ms([r["summary"].get(k) for r in pg])[0]
+                for k in ("test_acc", "generation_compute")
+            )
+            da, dc = (
+                _ms([r["summary"].get(k) for r in dg])[0]
+                for k in ("test_acc", "generation_compute")
+            )
+            lines.append(
+                f"| {dlab} | {plab} | {pool:.0f} | {100 * (da - pa):+.2f} | {pc / dc:.2f}× |"
+            )
+    if not lines:
+        return []
+    return ["| DP | prune | training images | DP − prune test acc (points) | prune / DP generation compute |",
+            "|---|---|---|---|---|", *lines]  # fmt: skip
+
+
 def shifted_table(runs: list[dict]) -> list[str]:
     sets = [*SHIFTS, "mean"]
     lines = ["| setting | clean | " + " | ".join(sets) + " |", "|---" * (len(sets) + 2) + "|"]
@@ -411,12 +436,14 @@ def write_report(paths, out: str | Path, title: str | None = None) -> Path:
     lines = [f"# {title or 'Results'}", "", f"{len(runs)} run(s): "
              + ", ".join(f"`{os.path.relpath(r['dir'], out)}`" for r in runs), ""]  # fmt: skip
     lines += ["## Results (mean ± sd over seeds)", "", *results_table(runs), ""]
+    cost = cost_table(runs)
     lines += [
         "Training images: the pool the final learner trained on. Generated: images sampled "
         "(prune: N + R × M candidates). Generation compute: denoiser-evaluation equivalents "
         "(guidance backward and learner scoring included; see `deliberate.accounting`). Wall s: "
         "generation + training + evaluation seconds on the machine that ran it.",
         "",
+        *(["## DP vs oversample-then-prune (Fig. 5d)", "", *cost, ""] if cost else []),
         "## Shifted test sets (accuracy %)",
         "",
         *shifted_table(runs),
