@@ -342,7 +342,8 @@ def plot_shifted(runs: list[dict], path: Path) -> Path | None:
             for s in sets
         ]
         x = np.arange(len(sets)) + (i - (len(groups) - 1) / 2) * width
-        ax.bar(x, [100 * m for m, _ in vals], width, yerr=[100 * s for _, s in vals], capsize=2,
+        sd = [100 * s for _, s in vals] if len(group) > 1 else None  # one seed: no error bar
+        ax.bar(x, [100 * m for m, _ in vals], width, yerr=sd, capsize=2,
                label=label, color=f"C{i % 10}")  # fmt: skip
     ax.set_xticks(np.arange(len(sets)), sets)
     _finish(ax, "Accuracy on the real test set (9,000) and its shifted copies (1,500 each)",
