@@ -20,7 +20,8 @@ TINY = ["learner.iterations=60", "learner.batch_size=16", "learner.input_size=14
         "practice.patience=1", "practice.patience_mode=fixed", "practice.initial=40",
         "practice.per_round=20", "practice.max_images=80", "generator.sampler.steps=3",
         "generator.batch_size=20", "guidance.every=1", "threads=1"]  # fmt: skip
-PLOTS = ("scaling.png", "compute.png", "omega.png", "curves.png", "hardness.png", "shifted.png")
+PLOTS = ("scaling.png", "compute.png", "omega.png", "curves.png", "hardness.png",
+         "hardness-stages.png", "shifted.png")  # fmt: skip
 
 
 def tiny_sets(gen_path):
@@ -75,6 +76,7 @@ def test_shifts_are_deterministic_and_change_the_images():
 @needs_data
 def test_sweep_runs_resumes_and_reports(tmp_path, generator, capsys):  # noqa: F811
     spec = write_spec(tmp_path / "omega.yaml", title="tiny omega", kind="practice",
+                      set={"practice.branch_outs": True},
                       grid={"guidance.omega": [0.0, 0.02]}, seeds=[0])  # fmt: skip
     out = tmp_path / "sweep"
     assert main(["sweep", str(spec), "--out", str(out), "--quiet", *tiny_sets(generator)]) == 0
@@ -86,6 +88,8 @@ def test_sweep_runs_resumes_and_reports(tmp_path, generator, capsys):  # noqa: F
     assert summary["rounds"] >= 1 and set(summary["shifted"]) == {*SHIFTS, "mean"}
     errors = summary["round_errors"]
     assert errors[0]["error_when_added"] is None and errors[1]["error_when_added"] is not None
+    for e in errors[1:]:  # the plateau learner saved at the fork is the one that asked (Fig. 6)
+        assert e["error_by_stage"][str(e["round"] - 1)] == e["error_when_added"]
     assert summary["generation_compute"] > summary["denoiser_evals"]  # guidance costs extra
     assert summary["images_generated"] == summary["pool_size"]
     assert summary["learner_score_images"] == summary["pool_size"] - 40

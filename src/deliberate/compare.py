@@ -9,6 +9,7 @@ sweep.json) and writes, as far as the runs given allow:
     omega.png      accuracy (clean and shifted) vs guidance scale omega (Fig. 5b, Table 3)
     curves.png     val accuracy and pool size vs iteration, additions marked (Fig. 2)
     hardness.png   error on each round's images when added and at the end (Fig. 6)
+    hardness-stages.png  the same under the learner at every plateau (runs with branch-outs)
     shifted.png    accuracy on each shifted test set (the IN-Sketch / IN-R analogue)
     report.md      the tables and the plots
 
@@ -323,6 +324,36 @@ def plot_hardness(runs: list[dict], path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def plot_stages(runs: list[dict], path: Path) -> Path | None:
+    """Fig. 6 over time: each round's error under the learner at every plateau, then the final.
+
+    Needs branch-outs (their fork checkpoints are the learners at the plateaus); draws the first
+    such run, preferring a guided one.
+    """
+    ordered = sorted(runs, key=lambda r: r["method"] != "DP")  # a guided run if there is one
+    run = next((r for r in ordered if any("error_by_stage" in e
+                                       for e in r["summary"].get("round_errors", []))), None)  # fmt: skip
+    if run is None:
+        return None
+    errors = [e for e in run["summary"]["round_errors"] if "error_by_stage" in e]
+    stages = sorted({int(j) for e in errors for j in e["error_by_stage"]})
+    fig, (ax,) = _figure(8, 5)
+    x = np.arange(len(stages) + 1)
+    for e in errors:
+        k = e["round"]
+        y = [100 * e["error_by_stage"][str(j)] for j in stages] + [100 * e["error_final"]]
+        line = ax.plot(x, y, "o-", label=f"round {k} images" + (" (plain)" if k == 0 else ""))[0]
+        if k - 1 in stages:
+            i = stages.index(k - 1)
+            ax.plot(x[i], y[i], "*", ms=16, color=line.get_color())
+    ax.plot([], [], "*", ms=12, color="grey", ls="none", label="learner that requested the round")
+    ax.set_xticks(x, [f"plateau {j}\n(asks round {j + 1})" for j in stages] + ["final"])
+    _finish(ax, f"Error on each round's images as training goes on (Fig. 6 analogue; {run['name']})",
+            "learner: the EMA at each plateau (branch-out checkpoint), then the final learner",
+            "error on the round's images (%)")  # fmt: skip
+    return _save(fig, path)
+
+
 def plot_shifted(runs: list[dict], path: Path) -> Path | None:
     """Accuracy on the clean and each shifted test set, one bar group per test set."""
     groups = {lab: g for lab, g in _groups(runs).items() if "shifted" in g[0]["summary"]}
@@ -431,6 +462,7 @@ def write_report(paths, out: str | Path, title: str | None = None) -> Path:
         "omega.png": plot_omega,
         "curves.png": plot_curves,
         "hardness.png": plot_hardness,
+        "hardness-stages.png": plot_stages,
         "shifted.png": plot_shifted,
     }
     made = [name for name, fn in plots.items() if fn(runs, out / name) is not None]

@@ -9,10 +9,12 @@ The expensive parts are cached: a resumed, already finished run reuses them.
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from deliberate import accounting
 from deliberate.data.pool import atomic_file
@@ -22,13 +24,35 @@ from deliberate.shifted import evaluate_shifted
 SUMMARY = "summary.json"
 
 
-def round_errors(learner, pool) -> list[dict]:
-    """Per round: images, error of the learner that added them (when stored), error of `learner`."""
-    records = pool.records()
-    images, labels = pool.load_all()
-    pred = np.concatenate(
+def _predict(learner, images) -> np.ndarray:
+    return np.concatenate(
         [logits.argmax(-1).cpu().numpy() for _, logits in _batched_logits(learner, images, 1000)]
     )
+
+
+def fork_learners(root: str | Path, learner) -> dict[int, object]:
+    """The EMA learner saved at each branch-out, by round j: the one that asked for round j + 1."""
+    out = {}
+    for path in sorted(Path(root).glob("branches/round-*/fork.pt")):
+        twin = copy.deepcopy(learner)
+        twin.load_state_dict(
+            torch.load(path, map_location="cpu", weights_only=True)["trainer"]["ema"]
+        )
+        out[int(path.parent.name.split("-")[1])] = twin
+    return out
+
+
+def round_errors(learner, pool, stages: dict | None = None) -> list[dict]:
+    """Per round: images, error of the learner that added them (when stored), error of `learner`.
+
+    With `stages` (round j -> the learner at that plateau, from `fork_learners`), each round also
+    gets `error_by_stage[j]`: its images under earlier and later learners (Fig. 6). Round k was
+    requested by stage k - 1, so that entry equals `error_when_added`.
+    """
+    records = pool.records()
+    images, labels = pool.load_all()
+    pred = _predict(learner, images)
+    staged = {j: _predict(m, images) for j, m in sorted((stages or {}).items())}
     rounds = np.array([r["round"] for r in records])
     out = []
     for k in sorted(set(rounds.tolist())):
@@ -45,6 +69,10 @@ def round_errors(learner, pool) -> list[dict]:
                 "error_final": float(np.mean(pred[sel] != labels[sel])),
             }
         )
+        if staged:
+            out[-1]["error_by_stage"] = {
+                str(j): float(np.mean(p[sel] != labels[sel])) for j, p in staged.items()
+            }
     return out
 
 
@@ -70,7 +98,7 @@ def finish_summary(
         images, labels = split.test_images, split.test_labels
         extra["shifted"] = evaluate_shifted(learner, images, labels, progress=progress)
     if "round_errors" not in extra:
-        extra["round_errors"] = round_errors(learner, pool)
+        extra["round_errors"] = round_errors(learner, pool, fork_learners(root, learner))
     if "learner_cost" not in extra:
         extra["learner_cost"] = accounting.flop_ratio(backend, learner)
     through = cfg.guidance.through_denoiser
