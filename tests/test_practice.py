@@ -19,7 +19,7 @@ from deliberate.practice import LoopState, PracticeConfig, decide, patience_limi
 from tests.test_generator import tiny_backend
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "fmnist"
-TIMING_KEYS = ("seconds_generate", "seconds_train", "seconds_eval")
+TIMING_KEYS = ("seconds_generate", "seconds_guidance", "seconds_train", "seconds_eval")
 
 
 def _has_data() -> bool:

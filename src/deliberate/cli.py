@@ -170,17 +170,6 @@ def cmd_export(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
-    """The README's main command: real class-conditional images from the shipped generator."""
-    out = Path(args.out)
-    gen_args = ["generate", "--per-class", str(args.per_class), "--out", str(out / "pool"),
-                "--seed", str(args.seed)] + (["--quiet"] if args.quiet else [])
-    code = cmd_generate(build_parser().parse_args(gen_args))
-    if code == 0:
-        print(f"demo: look at {out / 'pool' / 'samples.png'} (one row per Fashion-MNIST class)")
-    return code
-
-
 def add_set_argument(p: argparse.ArgumentParser, example: str) -> None:
     """The repeatable `--set key.sub=value` config override shared by config-driven commands."""
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -238,15 +227,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampler_args(p)
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("demo", help="the Fashion-MNIST demo (the README's main command)",
-                       description="Generate class-conditional Fashion-MNIST images with the "
-                                   "shipped generator into OUT/pool and write a labelled grid.")
-    p.add_argument("--out", default="runs/demo", help="demo folder (default: %(default)s)")
-    p.add_argument("--per-class", type=int, default=100, help="images per class (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="request seed (default: %(default)s)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_demo)
-
     p = sub.add_parser("export", help="export a pool as npz arrays or class folders of PNGs")
     p.add_argument("pool", help="pool folder")
     p.add_argument("--format", choices=("npz", "imagefolder"), default="npz")
@@ -262,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     from deliberate import run_cli
 
     run_cli.register(sub)
+    from deliberate import experiments_cli  # demo, sweep, prune, report
+
+    experiments_cli.register(sub)
     return parser
 
 

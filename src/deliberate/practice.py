@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from deliberate import distributed
+from deliberate import accounting, distributed
 from deliberate.config import field, to_dict
 from deliberate.data.imagefolder import DataSettings, evaluate_ood, load_split
 from deliberate.data.pool import Pool, atomic_file
@@ -38,17 +38,15 @@ from deliberate.generate import SamplerSettings, generate_into_pool, plan
 from deliberate.generators.base import to_uint8
 from deliberate.generators.latent import KINDS, LatentSettings, load_backend
 from deliberate.guidance import GuidanceSettings, guided_sampler_kwargs, learner_fingerprint
-from deliberate.learner import ARCHS, build_learner, evaluate, to_float01
+from deliberate.learner import ARCHS, build_learner, evaluate, predictive_entropy, to_float01
 from deliberate.rundir import RunDir
 from deliberate.sampling import SCHEDULERS, sample
 from deliberate.training import TrainConfig, Trainer, cpu_rng, uniform_sampler
 
 ROUND_STRIDE = 10_000_000  # image seed = seed * 1e9 + round * ROUND_STRIDE + index (generate.plan)
 MAX_ROUNDS = 99
-# Compute so far, logged in every metrics row: denoiser forward passes (CFG counts two), learner
-# backward passes for guidance (per image and guided step), NaN gradients zeroed, wall seconds.
-LEDGER = ("denoiser_evals", "guidance_backward", "guidance_skipped",
-          "seconds_generate", "seconds_train", "seconds_eval")  # fmt: skip
+# Compute so far, logged in every metrics row: see deliberate.accounting for each key.
+LEDGER = (*accounting.COUNTS, *accounting.SECONDS)
 
 
 @dataclass
@@ -220,6 +218,7 @@ class _Run:
         pairs = plan(classes, -(-n // len(classes)), cfg.seed, k * ROUND_STRIDE)[:n]
         learner = self.trainer.ema  # the evaluated weights decide AND guide (module docstring)
         hook, steps = guided_sampler_kwargs(backend, learner if k else None, cfg.guidance, s.steps)
+        hook = hook and accounting.TimedHook(hook, st.ledger)
         extra = {"round": k, "omega": cfg.guidance.omega if hook else 0.0}
         if k:
             extra["fingerprint"] = learner_fingerprint(learner)
@@ -230,7 +229,9 @@ class _Run:
             if k:  # the learner's entropy on the image exactly as stored (uint8)
                 stored = to_float01(to_uint8(out.images.cpu())).to(cfg.device)
                 with torch.no_grad():
-                    out.extras["entropy"] = learner.entropy(stored).cpu()
+                    logits = learner(stored)
+                out.extras["entropy"] = predictive_entropy(logits).cpu()
+                out.extras["learner_pred"] = logits.argmax(-1).cpu()  # Fig. 6: error when added
             return out
 
         t0 = time.perf_counter()
@@ -249,6 +250,7 @@ class _Run:
         led["guidance_backward"] += n * len(steps)
         led["guidance_skipped"] += distributed.all_sum(hook.skipped if hook else 0)
         led["seconds_generate"] += time.perf_counter() - t0
+        accounting.add(led, images_generated=n, learner_score_images=n if k else 0)
         if hook is not None and distributed.is_main():
             self.save_twins(k, learner)
         st.round, st.pending, st.pool_size, st.patience = k, False, len(self.pool), 0
@@ -309,6 +311,8 @@ class _Run:
         if last or (p.test_every and (st.evals + 1) % p.test_every == 0):
             test = _accuracy(tr.ema, self.split.test_images, self.split.test_labels)
         st.ledger["seconds_eval"] += time.perf_counter() - t0
+        n_test = 0 if test is None else len(self.split.test_labels)
+        accounting.add(st.ledger, learner_eval_images=len(self.split.val_labels) + n_test)
         phase = "warmup" if step < round(tr.cfg.warmup_frac * tr.cfg.iterations) else "stable"
         return {
             "iteration": step,
@@ -463,6 +467,10 @@ def run_practice(
                 k: [float(t["entropy_plain"].mean()), float(t["entropy_guided"].mean())]
                 for k, t in sorted(twins.items())
             }
+            from deliberate.summary import finish_summary  # shifted suite, Fig. 6, compute
+
+            ema = main.trainer.ema
+            summary = finish_summary(rd.root, cfg, backend, ema, split, pool, summary, progress)
             write_practice_report(rd.root, rd.metrics(), pool, summary, twins)
         distributed.barrier()  # the report exists when any rank returns
     return summary

@@ -290,6 +290,11 @@ def write_practice_report(
         f"{summary['iterations']} iterations; real val {pct(summary['val_acc'])} %, "
         f"real test {pct(summary['test_acc'])} %.",
         "",
+    ]
+    if summary.get("shifted"):  # deliberate.shifted: the test images under fixed corruptions
+        shifted = ", ".join(f"{k} {pct(v)}" for k, v in summary["shifted"].items())
+        lines += [f"Shifted real test accuracy (%): {shifted}.", ""]
+    lines += [
         "Mean learner entropy at generation; the twins are the round's first images per class",
         "and the same seeds sampled without guidance, scored by the learner that guided the round.",
         "",
@@ -315,7 +320,8 @@ def write_practice_report(
                 f"| {b['round']} | {b['forked_at']} | {b['pool_size']} | "
                 f"{pct(b['val_acc'])} | {pct(b['test_acc'])} |"
             )
-    compute = {k: v for k, v in summary.items() if k.startswith(("denoiser", "guidance", "sec"))}
+    prefixes = ("denoiser", "guidance", "sec", "images_", "learner_", "generation")
+    compute = {k: v for k, v in summary.items() if k.startswith(prefixes)}
     lines += ["", "Compute: " + ", ".join(f"{k} {v:.4g}" for k, v in compute.items()), ""]
     with atomic_file(out / "report.md") as f:
         f.write("\n".join(lines).encode())

@@ -1,0 +1,113 @@
+"""What a finished run records beside its metrics: `summary.json`, read by `deliberate report`.
+
+Besides the final accuracies and the compute ledger it holds what needs the final learner and
+therefore cannot be recomputed from the files later: accuracy on the shifted test suite
+(`deliberate.shifted`) and, per round, the learner's error on that round's images when they were
+added (the prediction stored in the pool manifest at generation) and at the end (Fig. 6).
+The expensive parts are cached: a resumed, already finished run reuses them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deliberate import accounting
+from deliberate.data.pool import atomic_file
+from deliberate.learner import _batched_logits
+from deliberate.shifted import evaluate_shifted
+
+SUMMARY = "summary.json"
+
+
+def _predict(learner, images) -> np.ndarray:
+    return np.concatenate(
+        [logits.argmax(-1).cpu().numpy() for _, logits in _batched_logits(learner, images, 1000)]
+    )
+
+
+def fork_learners(root: str | Path, learner) -> dict[int, object]:
+    """The EMA learner saved at each branch-out, by round j: the one that asked for round j + 1."""
+    out = {}
+    for path in sorted(Path(root).glob("branches/round-*/fork.pt")):
+        twin = copy.deepcopy(learner)
+        twin.load_state_dict(
+            torch.load(path, map_location="cpu", weights_only=True)["trainer"]["ema"]
+        )
+        out[int(path.parent.name.split("-")[1])] = twin
+    return out
+
+
+def round_errors(learner, pool, stages: dict | None = None) -> list[dict]:
+    """Per round: images, error of the learner that added them (when stored), error of `learner`.
+
+    With `stages` (round j -> the learner at that plateau, from `fork_learners`), each round also
+    gets `error_by_stage[j]`: its images under earlier and later learners (Fig. 6). Round k was
+    requested by stage k - 1, so that entry equals `error_when_added`.
+    """
+    records = pool.records()
+    images, labels = pool.load_all()
+    pred = _predict(learner, images)
+    staged = {j: _predict(m, images) for j, m in sorted((stages or {}).items())}
+    rounds = np.array([r["round"] for r in records])
+    out = []
+    for k in sorted(set(rounds.tolist())):
+        sel = rounds == k
+        added = [r.get("learner_pred") for r, s in zip(records, sel, strict=True) if s]
+        at_add = None
+        if all(p is not None for p in added):
+            at_add = float(np.mean(np.array(added) != labels[sel]))
+        out.append(
+            {
+                "round": int(k),
+                "images": int(sel.sum()),
+                "error_when_added": at_add,
+                "error_final": float(np.mean(pred[sel] != labels[sel])),
+            }
+        )
+        if staged:
+            out[-1]["error_by_stage"] = {
+                str(j): float(np.mean(p[sel] != labels[sel])) for j, p in staged.items()
+            }
+    return out
+
+
+def read_summary(root: str | Path) -> dict | None:
+    path = Path(root) / SUMMARY
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_summary(root: str | Path, summary: dict) -> dict:
+    with atomic_file(Path(root) / SUMMARY) as f:
+        f.write(json.dumps(summary, indent=1).encode())
+    return summary
+
+
+def finish_summary(
+    root, cfg, backend, learner, split, pool, summary_in: dict, progress: bool = False
+) -> dict:
+    """Add shifted accuracy, round errors and generation compute to `summary`; write it."""
+    old = read_summary(root) or {}
+    same = all(old.get(k) == summary_in.get(k) for k in ("iterations", "pool_size", "test_acc"))
+    extra = {k: old[k] for k in ("shifted", "round_errors", "learner_cost") if same and k in old}
+    if "shifted" not in extra and cfg.data.kind != "fashion_mnist":
+        extra["shifted"] = {}  # ImageFolder data has real shifted sets instead (data.imagefolder.ood)
+    if "shifted" not in extra:
+        images, labels = split.test_images, split.test_labels
+        extra["shifted"] = evaluate_shifted(learner, images, labels, progress=progress)
+    if "round_errors" not in extra:
+        extra["round_errors"] = round_errors(learner, pool, fork_learners(root, learner))
+    if "learner_cost" not in extra:
+        extra["learner_cost"] = accounting.flop_ratio(backend, learner)
+    through = cfg.guidance.through_denoiser
+    trained = summary_in["iterations"] * cfg.learner.batch_size
+    summary = {"kind": "practice", "learner_images": trained, "images_discarded": 0}
+    summary.update(summary_in, **extra)
+    summary["generation_compute"] = accounting.generation_compute(
+        summary, summary["learner_cost"], through
+    )
+    return write_summary(root, summary)

@@ -1,0 +1,141 @@
+"""Sweeps run, resume and report; the shifted suite is deterministic; `deliberate report` plots."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from deliberate.cli import main
+from deliberate.data.fashion_mnist import load_eval_split
+from deliberate.errors import DeliberateError
+from deliberate.shifted import SHIFTS, shift_images, shifted_suite
+from deliberate.sweep import expand, load_spec
+from tests.test_practice import CONFIGS, generator, needs_data  # noqa: F401 (fixture)
+
+# A DP run of ~10 s: 60 iterations, evaluations every 5 (two rounds at seed 0), 3 sampling steps.
+TINY = ["learner.iterations=60", "learner.batch_size=16", "learner.input_size=14",
+        "learner.ema_decay=0.9", "learner.lr=0.01", "practice.eval_every=5", "practice.test_every=0",
+        "practice.patience=1", "practice.patience_mode=fixed", "practice.initial=40",
+        "practice.per_round=20", "practice.max_images=80", "generator.sampler.steps=3",
+        "generator.batch_size=20", "guidance.every=1", "threads=1"]  # fmt: skip
+PLOTS = ("scaling.png", "compute.png", "omega.png", "curves.png", "hardness.png",
+         "hardness-stages.png", "shifted.png")  # fmt: skip
+
+
+def tiny_sets(gen_path):
+    return [f"--set={s}" for s in [*TINY, f"generator.path={gen_path}"]]
+
+
+def write_spec(path, **spec):
+    path.write_text(yaml.safe_dump({"base": str(CONFIGS / "tiny.yaml"), **spec}))
+    return path
+
+
+def test_sweep_expands_grid_points_seeds_and_vars(tmp_path):
+    spec = write_spec(
+        tmp_path / "s.yaml",
+        vars={"budget": 300},
+        set={"practice.max_images": "{budget}", "prune.scorer_dir": "{out}/scorer-{seed}"},
+        grid={"guidance.omega": [0.0, 0.02], "size": [{"name": "big", "learner.iterations": 9}]},
+        points=[{"name": "static", "set": {"practice.initial": "{budget}"}}],
+        seeds=[3, 4],
+    )
+    pts = expand(load_spec(spec), tmp_path / "out", ["budget=500", "threads=1"])
+    assert [p.folder for p in pts] == [
+        "omega0.0_big-s3", "omega0.02_big-s3", "static-s3",
+        "omega0.0_big-s4", "omega0.02_big-s4", "static-s4",
+    ]  # fmt: skip
+    static = pts[2].overrides
+    assert "practice.initial=500" in static and "practice.max_images=500" in static
+    assert f'prune.scorer_dir="{tmp_path}/out/scorer-3"' in static
+    assert static[-2:] == ["threads=1", "seed=3"]  # command line after the point, seed last
+    with pytest.raises(DeliberateError, match="repeat"):
+        expand({"points": [{"name": "a"}, {"name": "a"}]}, tmp_path)
+    with pytest.raises(DeliberateError, match="grid axis 'size'"):
+        expand({"grid": {"size": [1, 2]}}, tmp_path)
+
+
+def test_shifts_are_deterministic_and_change_the_images():
+    split = None if needs_data.args[0] else load_eval_split()
+    rng = np.random.default_rng(0)
+    images = split.test_images[:60] if split else rng.integers(0, 256, (60, 28, 28), np.uint8)
+    for name in SHIFTS:
+        a, b = shift_images(images, name), shift_images(images, name)
+        assert a.dtype == np.uint8 and a.shape == images.shape
+        assert np.array_equal(a, b), name  # deterministic, the noise included
+        assert np.abs(a.astype(int) - images).mean() > 2, name  # and actually different
+    labels = np.arange(60) % 10
+    parts = list(shifted_suite(images, labels))
+    assert [n for n, _, _ in parts] == list(SHIFTS)
+    assert sum(len(y) for _, _, y in parts) == 60  # every test image in exactly one shift
+    assert np.array_equal(parts[1][2], labels[1::6])
+
+
+@needs_data
+def test_sweep_runs_resumes_and_reports(tmp_path, generator, capsys):  # noqa: F811
+    spec = write_spec(tmp_path / "omega.yaml", title="tiny omega", kind="practice",
+                      set={"practice.branch_outs": True},
+                      grid={"guidance.omega": [0.0, 0.02]}, seeds=[0])  # fmt: skip
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(spec), "--out", str(out), "--quiet", *tiny_sets(generator)]) == 0
+    first = capsys.readouterr().out
+    assert first.count(": running") == 2
+    points = json.loads((out / "sweep.json").read_text())["points"]
+    assert [p["dir"] for p in points] == ["omega0.0-s0", "omega0.02-s0"]
+    summary = json.loads((out / "omega0.02-s0" / "summary.json").read_text())
+    assert summary["rounds"] >= 1 and set(summary["shifted"]) == {*SHIFTS, "mean"}
+    errors = summary["round_errors"]
+    assert errors[0]["error_when_added"] is None and errors[1]["error_when_added"] is not None
+    for e in errors[1:]:  # the plateau learner saved at the fork is the one that asked (Fig. 6)
+        assert e["error_by_stage"][str(e["round"] - 1)] == e["error_when_added"]
+    assert summary["generation_compute"] > summary["denoiser_evals"]  # guidance costs extra
+    assert summary["images_generated"] == summary["pool_size"]
+    assert summary["learner_score_images"] == summary["pool_size"] - 40
+    # Again: both points are finished, so nothing runs; the report is rebuilt.
+    assert main(["sweep", str(spec), "--out", str(out), "--quiet", *tiny_sets(generator)]) == 0
+    assert capsys.readouterr().out.count("skipped") == 2
+    # A changed config aimed at a finished point is refused in one line.
+    code = main(["sweep", str(spec), "--out", str(out), "--quiet", *tiny_sets(generator),
+                 "--set", "learner.lr=0.02"])  # fmt: skip
+    assert code == 2 and "different config (learner.lr" in capsys.readouterr().err
+
+    report = tmp_path / "report"
+    static = out / "omega0.0-s0"  # a run folder works too; named twice, it counts once
+    assert main(["report", str(out), str(static), "--out", str(report)]) == 0
+    for name in PLOTS:
+        with Image.open(report / name) as im:
+            assert im.size[0] > 400 and im.size[1] > 300, name
+    md = (report / "report.md").read_text()
+    assert "| DP ω=0, fixed T=1 | 1 |" in md and "| DP ω=0.02, fixed T=1 | 1 |" in md
+    assert all(f"![{name}]({name})" in md for name in PLOTS)
+    assert "plain vs guided" in md
+    assert main(["report", str(tmp_path / "nothing"), "--out", str(report)]) == 2
+
+
+@pytest.mark.parametrize("name", ["demo", "scaling", "omega", "prune", "ablations"])
+def test_shipped_sweeps_expand_to_valid_configs(name, tmp_path):
+    from deliberate.config import load_config
+    from deliberate.sweep import kind_runner
+
+    points = expand(load_spec(CONFIGS / f"{name}.yaml"), tmp_path)
+    assert len(points) >= 3 and len({p.folder for p in points}) == len(points)
+    for p in points:
+        cfg = load_config(kind_runner(p.kind)[0], p.base, p.overrides)  # validates every point
+        if name == "demo" and p.name == "static":
+            assert cfg.practice.initial == cfg.practice.max_images and cfg.guidance.omega == 0
+
+
+def test_cost_table_compares_prune_and_dp_at_the_same_pool():
+    from deliberate.compare import cost_table
+
+    def run(method, label, pool, acc, compute):
+        summary = {"pool_size": pool, "test_acc": acc, "generation_compute": compute}
+        return {"method": method, "label": label, "summary": summary}
+
+    runs = [run("prune", "prune R=8", 2500, 0.78, 50_000), run("DP", "DP ω=0.02", 2500, 0.80, 10_000),
+            run("DP", "DP ω=0.02", 2500, 0.82, 10_000), run("DP", "DP ω=0.1", 1500, 0.7, 9_000)]  # fmt: skip
+    table = cost_table(runs)
+    assert table[2:] == ["| DP ω=0.02 | prune R=8 | 2500 | +3.00 | 5.00× |"]  # ω=0.1: other pool
+    assert cost_table(runs[1:]) == []
