@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from deliberate import faults
 from deliberate.config import field, to_dict
 from deliberate.data.fashion_mnist import load_eval_split
 from deliberate.data.pool import Pool, atomic_file
@@ -44,6 +45,7 @@ from deliberate.training import TrainConfig, Trainer, cpu_rng, uniform_sampler
 
 ROUND_STRIDE = 10_000_000  # image seed = seed * 1e9 + round * ROUND_STRIDE + index (generate.plan)
 MAX_ROUNDS = 99
+RESUME = "re-run the same command to resume"  # what SIGINT/SIGTERM's one-line message advises
 # Compute so far, logged in every metrics row: denoiser forward passes (CFG counts two), learner
 # backward passes for guidance (per image and guided step), NaN gradients zeroed, wall seconds.
 LEDGER = ("denoiser_evals", "guidance_backward", "guidance_skipped",
@@ -155,6 +157,7 @@ class LoopState:
     last_entropy: float | None = None  # mean learner entropy of the last round at generation
     forks: list = dataclasses.field(default_factory=list)  # [round, iteration, pool size] each
     ledger: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(LEDGER, 0))
+    losses: list = dataclasses.field(default_factory=list)  # train losses since the last eval
 
 
 def decide(cfg: PracticeConfig, state: LoopState, val_acc: float, step: int) -> bool:
@@ -209,6 +212,10 @@ class _Run:
         cfg, st, backend = self.cfg, self.state, self.backend
         s, p = cfg.generator.sampler, cfg.practice
         n = p.initial if k == 0 else min(p.per_round, p.max_images - st.pool_size)
+        params = self.trainer.model.state_dict().values()  # model, EMA, 2 Adam moments + temp
+        ckpt_bytes = 5 * sum(t.numel() * t.element_size() for t in params)
+        need = n * (int(np.prod(backend.image_shape)) + 1024) + ckpt_bytes
+        faults.ensure_free_space(self.rd.root, need, f"round {k} ({n} images + checkpoint)")
         classes = range(backend.num_classes)
         pairs = plan(classes, -(-n // len(classes)), cfg.seed, k * ROUND_STRIDE)[:n]
         learner = self.trainer.ema  # the evaluated weights decide AND guide (module docstring)
@@ -218,12 +225,21 @@ class _Run:
             extra["fingerprint"] = learner_fingerprint(learner)
 
         def sample_fn(labels, seeds):
+            faults.point("generate.batch")
+            if faults.stop_requested():  # every earlier batch is in the pool: nothing to save
+                raise faults.Interrupted(faults.stop_requested(), RESUME)
             self.notify("sample", {"round": k, "seeds": seeds})
             out = sample(backend, labels, seeds, **asdict(s), guidance=hook, guided_steps=steps)
+            if not torch.isfinite(out.images).all():
+                raise DeliberateError(
+                    f"the generator produced NaN/inf pixels for seeds {seeds[0]}..; nothing of "
+                    "this batch was written: check generator.path and its weights"
+                )
             if k:  # the learner's entropy on the image exactly as stored (uint8)
                 stored = to_float01(to_uint8(out.images.cpu())).to(cfg.device)
                 with torch.no_grad():
                     out.extras["entropy"] = learner.entropy(stored).cpu()
+            faults.point("generate.sampled")
             return out
 
         t0 = time.perf_counter()
@@ -237,6 +253,7 @@ class _Run:
             sample_fn=sample_fn,
             progress=self.progress,
         )
+        faults.point("round.generated")
         led = st.ledger  # counted from the request, so a resumed round adds up the same
         led["denoiser_evals"] += n * (s.steps * (2 if s.cfg else 1) + len(steps))
         led["guidance_backward"] += n * len(steps)
@@ -301,12 +318,18 @@ class _Run:
             if tr.step_count >= total:
                 break
             self.sampler = self.sampler or self.make_sampler()
-            t0, losses = time.perf_counter(), []
-            for _ in range(min(tau, total - tr.step_count)):
-                losses += tr.train_steps(self.sampler, 1)
+            t0 = time.perf_counter()
+            for _ in range(min(tau - len(st.losses), total - tr.step_count)):
+                st.losses += tr.train_steps(self.sampler, 1)
                 bar.update(1)
+                faults.point("train.step")
+                if faults.stop_requested():  # the window's losses are in the checkpoint
+                    self.checkpoint()
+                    raise faults.Interrupted(faults.stop_requested(), RESUME)
             st.ledger["seconds_train"] += time.perf_counter() - t0
-            row = self.evaluate(losses)
+            row = self.evaluate(st.losses)
+            st.losses = []
+            faults.point("eval.done")
             add = decide(cfg, st, row["val_acc"], tr.step_count) and grow
             row.update(
                 best_val=st.best_val,
@@ -318,9 +341,11 @@ class _Run:
             self.rd.append_metrics(row)
             st.evals += 1
             bar.set_postfix(pool=st.pool_size, val=f"{row['val_acc']:.3f}", T=st.patience)
+            faults.point("metrics.appended")
             self.notify("eval", {**row, "run": self.tag})
             if add:
                 st.pending = True
+                faults.point("round.decided")
                 if cfg.practice.branch_outs:
                     self.fork()
             self.checkpoint()  # before generating: a crash mid-round resumes with this learner
@@ -334,6 +359,7 @@ class _Run:
         folder = self.rd.root / "branches" / f"round-{st.round}"
         folder.mkdir(parents=True, exist_ok=True)
         self.checkpoint(folder / "fork.pt", branch)
+        faults.point("fork.saved")
 
 
 @contextlib.contextmanager
@@ -356,7 +382,9 @@ def _finish_branch(main: _Run, k: int, iteration: int, size: int) -> dict:
     run = _Run(main.cfg, main.backend, main.split, main.pool, rd, main.progress, main.callback)
     run.limit, run.tag = size, f"branch {k}"
     run.restore(rd.load_checkpoint() or rd.load_checkpoint(rd.root / "fork.pt"))
+    faults.point("branch.started")
     run.loop(grow=False)
+    faults.point("branch.finished")
     last = rd.metrics()[-1]
     result = {
         "round": k,
@@ -380,11 +408,14 @@ def run_practice(
     """
     cfg.validate()
     rd = RunDir(out_dir)
-    rd.claim(to_dict(cfg))
-    with _threads(cfg.threads):
+    with _threads(cfg.threads), faults.graceful_stop():
         backend = load_pixel_backend(cfg.generator.path, device=cfg.device)
         split = load_eval_split(cfg.data_dir)
         c, h, w = backend.image_shape
+        _check_generator_fits(backend, split)  # all checks before the first byte is written
+        faults.ensure_free_space(out_dir, cfg.practice.initial * (c * h * w + 1024), "round 0")
+        rd.claim(to_dict(cfg))
+        faults.point("run.claimed")
         meta = {
             "class_names": list(backend.class_names),
             "num_classes": backend.num_classes,
@@ -392,6 +423,7 @@ def run_practice(
             "generator": backend.identifier,
         }
         pool = Pool.open_or_create(rd.root / "pool", meta)  # refuses another generator's pool
+        faults.point("pool.created")
         main = _Run(cfg, backend, split, pool, rd, progress, callback)
         main.restore(rd.load_checkpoint())
         main.loop(grow=True)
@@ -409,8 +441,26 @@ def run_practice(
             **{k: last[k] for k in main.state.ledger},
         }
         paired = _plain_twins(main) if cfg.guidance.omega > 0 and main.state.round >= 1 else None
+        faults.point("report.started")
         write_practice_report(rd.root, rd.metrics(), pool, summary, paired)
+        faults.point("report.written")
     return summary
+
+
+def _check_generator_fits(backend, split) -> None:
+    """Refuse a generator whose classes or image shape differ from the real evaluation data."""
+    classes = int(split.val_labels.max()) + 1
+    shape = (1, *split.val_images.shape[1:]) if split.val_images.ndim == 3 else None
+    if backend.num_classes != classes:
+        raise DeliberateError(
+            f"the generator has {backend.num_classes} classes but the dataset has {classes}; "
+            "set generator.path to a generator trained on this dataset"
+        )
+    if shape is not None and tuple(backend.image_shape) != shape:
+        raise DeliberateError(
+            f"the generator makes {tuple(backend.image_shape)} images but the dataset has "
+            f"{shape}; set generator.path to a generator trained on this dataset"
+        )
 
 
 def _plain_twins(run: _Run, per_class: int = 10):
