@@ -426,6 +426,11 @@ def run_practice(
         faults.point("pool.created")
         main = _Run(cfg, backend, split, pool, rd, progress, callback)
         main.restore(rd.load_checkpoint())
+        if len(pool) < main.state.pool_size:  # the pool drops rows of a deleted last shard
+            raise DeliberateError(
+                f"{pool.root} holds {len(pool)} images but this run had {main.state.pool_size}: "
+                "a shard file was deleted; restore it (shards carry their own manifest rows)"
+            )
         main.loop(grow=True)
         branches = [_finish_branch(main, *fork) for fork in main.state.forks]
         from deliberate.report import write_practice_report

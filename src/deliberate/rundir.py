@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +58,10 @@ class RunDir:
             try:
                 old = yaml.safe_load(self.config_file.read_text())
             except (OSError, yaml.YAMLError) as e:
-                raise DeliberateError(
-                    f"{self.config_file} is unreadable ({e}); restore it"
-                ) from None
+                why = " ".join(str(e).split())[:120]  # YAML errors span several lines
+                raise DeliberateError(f"{self.config_file} is unreadable ({why}); restore it") from None
+            if not isinstance(old, dict):
+                raise DeliberateError(f"{self.config_file} is not a run config; restore it")
             where = _first_difference(old, config)
             if where is not None:
                 raise DeliberateError(
@@ -106,6 +109,14 @@ class RunDir:
             return None
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:  # never retried with weights_only=False
+            found = re.search(r"GLOBAL (\S+)", str(e))
+            if found is None:
+                raise DeliberateError(f"checkpoint {path} is unreadable (damaged); delete it") from None
+            raise DeliberateError(
+                f"checkpoint {path} holds pickled Python objects ({found[1]}), which are never "
+                "loaded (a checkpoint holds only tensors and numbers); delete it"
+            ) from None
         except Exception as e:  # torch raises many types for a damaged file
             first = (str(e).splitlines() or [type(e).__name__])[0]
             raise DeliberateError(f"checkpoint {path} is unreadable ({first}); delete it") from None
