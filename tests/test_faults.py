@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 
+import deliberate.report  # noqa: F401  (imported once here: forked runs skip matplotlib's import)
 from deliberate import faults
 from deliberate.cli import main
 from deliberate.data.pool import Pool

@@ -7,17 +7,21 @@ one file of an interrupted run and must leave every byte of that run as it was.
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from deliberate.cli import main
 from deliberate.data.fashion_mnist import DEFAULT_DIR, FILES
 from deliberate.data.pool import Pool
-from deliberate.generators.pixel import PixelBackend, PixelModelConfig
+from deliberate.generators.base import to_uint8
+from deliberate.generators.pixel import PixelBackend, PixelModelConfig, load_pixel_backend
+from deliberate.sampling import sample
 from tests.test_faults import SMALL, cli_args, fork_run
 from tests.test_generator import CLASS_NAMES, TINY, from_dict, tiny_backend
 from tests.test_practice import CONFIGS, needs_data
@@ -242,3 +246,28 @@ def test_bad_run_folder_is_refused_and_left_alone(
 def test_the_table_has_at_least_25_distinct_bad_inputs():
     ids = [c[0] for c in FRESH + ARGV + EXISTING]
     assert len(ids) == len(set(ids)) >= 25
+
+
+@needs_data
+def test_a_nan_learner_is_skipped_counted_and_never_makes_a_nan_image(generator, tmp_path):
+    """A diverged learner (NaN weights) guides round 1: every guidance gradient is NaN."""
+    out = tmp_path / "run"
+    args = cli_args(out, generator)
+    assert fork_run(args, "generate.batch:3") == -9  # round 1 decided and checkpointed
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["loop"]["pending"] and ckpt["loop"]["round"] == 0
+    for tensor in ckpt["trainer"]["ema"].values():
+        if tensor.is_floating_point():
+            tensor.fill_(float("nan"))
+    torch.save(ckpt, out / "checkpoint.pt")
+    assert fork_run(args) == 0, (tmp_path / "run.err").read_text()
+    pool = Pool(out / "pool")
+    rows = [r for r in pool.records() if r["round"] == 1]
+    assert len(rows) == 10 and [r["guidance_skipped"] for r in rows] == [2] * 10  # 2 guided steps
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["guidance_skipped"] == 20
+    # Skipped guidance is plain sampling: the stored images are exactly the unguided ones.
+    images, labels = pool.get([r["id"] for r in rows])
+    plain = sample(load_pixel_backend(generator), torch.as_tensor(labels), [r["seed"] for r in rows],
+                   steps=5, cfg=0.5, eta=0.0, scheduler="ddim").images  # fmt: skip
+    assert np.array_equal(images, to_uint8(plain).numpy())

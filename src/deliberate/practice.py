@@ -229,6 +229,8 @@ class _Run:
             if faults.stop_requested():  # every earlier batch is in the pool: nothing to save
                 raise faults.Interrupted(faults.stop_requested(), RESUME)
             self.notify("sample", {"round": k, "seeds": seeds})
+            if hook:
+                hook.skipped_per_row = None
             out = sample(backend, labels, seeds, **asdict(s), guidance=hook, guided_steps=steps)
             if not torch.isfinite(out.images).all():
                 raise DeliberateError(
@@ -239,6 +241,8 @@ class _Run:
                 stored = to_float01(to_uint8(out.images.cpu())).to(cfg.device)
                 with torch.no_grad():
                     out.extras["entropy"] = learner.entropy(stored).cpu()
+                skips = hook.skipped_per_row if hook else None  # kept per image: resume-safe
+                out.extras["guidance_skipped"] = torch.zeros(len(seeds)) if skips is None else skips
             faults.point("generate.sampled")
             return out
 
@@ -257,10 +261,11 @@ class _Run:
         led = st.ledger  # counted from the request, so a resumed round adds up the same
         led["denoiser_evals"] += n * (s.steps * (2 if s.cfg else 1) + len(steps))
         led["guidance_backward"] += n * len(steps)
-        led["guidance_skipped"] += hook.skipped if hook else 0
         led["seconds_generate"] += time.perf_counter() - t0
         st.round, st.pending, st.pool_size, st.patience = k, False, len(self.pool), 0
-        entropies = [r.get("entropy") for r in self.pool.records() if r["round"] == k]
+        mine = [r for r in self.pool.records() if r["round"] == k]
+        led["guidance_skipped"] += int(sum(r.get("guidance_skipped", 0) for r in mine))
+        entropies = [r.get("entropy") for r in mine]
         st.last_entropy = float(np.mean(entropies)) if k else None
         self.checkpoint()
         self.sampler = None
