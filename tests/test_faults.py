@@ -9,6 +9,7 @@ checks that forked and exec'd runs give the same bytes.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import signal
@@ -25,9 +26,10 @@ import torch
 import deliberate.report  # noqa: F401  (imported once here: forked runs skip matplotlib's import)
 from deliberate import faults
 from deliberate.cli import main
+from deliberate.data.fashion_mnist import DEFAULT_DIR, FILES
 from deliberate.data.pool import Pool
 from tests.test_generator import tiny_backend
-from tests.test_practice import CONFIGS, TIMING_KEYS, needs_data
+from tests.test_practice import CONFIGS, TIMING_KEYS, _has_data, needs_data
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 TORCH_DEFAULT_SEED = 67280421310721  # a fresh Python process's torch seed (forks must match it)
@@ -65,7 +67,8 @@ KILLS = [
 
 
 def cli_args(out: Path, generator: str) -> list[str]:
-    sets = [f"--set={s}" for s in [f"generator.path={generator}", *SMALL]]
+    """`deliberate run` on SMALL; `generator` is the fixture's "generator.path=..,data_dir=.." pair."""
+    sets = [f"--set={s}" for s in [*generator.split(","), *SMALL]]
     return ["run", str(CONFIGS / "tiny.yaml"), "--out", str(out), "--quiet", *sets]
 
 
@@ -76,8 +79,8 @@ def fork_run(args: list[str], fault: str = "", log: Path | None = None) -> int:
     if pid == 0:  # the child: never return into pytest
         code = 99
         try:
-            out = open(log.with_suffix(".out"), "w")
-            err = open(log.with_suffix(".err"), "w")
+            out = open(log.with_suffix(".out"), "w")  # noqa: SIM115 (closed by _exit)
+            err = open(log.with_suffix(".err"), "w")  # noqa: SIM115
             os.dup2(out.fileno(), 1), os.dup2(err.fileno(), 2)
             sys.stdout, sys.stderr = out, err
             torch.manual_seed(TORCH_DEFAULT_SEED)
@@ -103,9 +106,18 @@ def exec_env(**extra) -> dict:
 
 @pytest.fixture(scope="module")
 def generator(tmp_path_factory):
+    return make_generator(tmp_path_factory)
+
+
+def make_generator(tmp_path_factory) -> str:
+    """A tiny random generator, and Fashion-MNIST unzipped once (gunzip costs ~1 s per run)."""
     path = tmp_path_factory.mktemp("gen") / "tiny"
     tiny_backend(seed=1).save(path)
-    return str(path)
+    data = tmp_path_factory.mktemp("fmnist")
+    if _has_data():
+        for stem in FILES.values():
+            (data / stem).write_bytes(gzip.decompress((DEFAULT_DIR / f"{stem}.gz").read_bytes()))
+    return f"generator.path={path},data_dir={data}"
 
 
 @pytest.fixture(scope="module")
@@ -186,11 +198,16 @@ def test_every_kill_point_is_placed_and_tested():
 @needs_data
 @pytest.mark.parametrize(
     "fault,code,name",
-    [("train.step:15:TERM", 143, "SIGTERM"), ("generate.batch:2:INT", 130, "SIGINT"),
-     ("branch.started:1:TERM", 143, "SIGTERM")],  # fmt: skip
+    [
+        ("train.step:15:TERM", 143, "SIGTERM"),
+        ("generate.batch:2:INT", 130, "SIGINT"),
+        ("branch.started:1:TERM", 143, "SIGTERM"),
+    ],
     ids=["term-mid-window", "int-mid-round", "term-in-branch"],
 )
-def test_signal_stops_at_a_safe_point_and_resumes(fault, code, name, reference, generator, tmp_path):
+def test_signal_stops_at_a_safe_point_and_resumes(
+    fault, code, name, reference, generator, tmp_path
+):
     out = tmp_path / "run"
     args = cli_args(out, generator)
     assert fork_run(args, fault) == code
@@ -219,8 +236,13 @@ def test_external_sigterm_to_the_cli_process(reference, generator, tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
-    assert err.endswith("stopped by SIGTERM at a safe point, all work so far saved; "
-                        "re-run the same command to resume\n") and "Traceback" not in err
+    assert (
+        err.endswith(
+            "stopped by SIGTERM at a safe point, all work so far saved; "
+            "re-run the same command to resume\n"
+        )
+        and "Traceback" not in err
+    )
     assert fork_run(args) == 0
     assert_same_result(reference, out)
 

@@ -22,8 +22,8 @@ from deliberate.data.pool import Pool
 from deliberate.generators.base import to_uint8
 from deliberate.generators.pixel import PixelBackend, PixelModelConfig, load_pixel_backend
 from deliberate.sampling import sample
-from tests.test_faults import SMALL, cli_args, fork_run
-from tests.test_generator import CLASS_NAMES, TINY, from_dict, tiny_backend
+from tests.test_faults import SMALL, cli_args, fork_run, make_generator
+from tests.test_generator import CLASS_NAMES, TINY, from_dict
 from tests.test_practice import CONFIGS, needs_data
 
 
@@ -41,8 +41,12 @@ def generator_like(tmp: Path, name: str, **model) -> str:
     return str(tmp / name)
 
 
-def broken_generator(tmp: Path, gen: str, file: str, data: bytes) -> str:
-    shutil.copytree(gen, tmp / "broken")
+def gen_path(generator: str) -> str:
+    return generator.split(",")[0].removeprefix("generator.path=")
+
+
+def broken_generator(tmp: Path, generator: str, file: str, data: bytes) -> str:
+    shutil.copytree(gen_path(generator), tmp / "broken")
     write(tmp / "broken" / file, data)
     return str(tmp / "broken")
 
@@ -137,17 +141,12 @@ def run_refused(capsys, monkeypatch, argv: list, expect: str) -> None:
     assert expect in err, err
 
 
-@pytest.fixture(scope="module")
-def generator(tmp_path_factory):
-    path = tmp_path_factory.mktemp("gen") / "tiny"
-    tiny_backend(seed=1).save(path)
-    return str(path)
-
-
 @needs_data
 @pytest.mark.parametrize("setup,expect", [c[1:] for c in FRESH], ids=[c[0] for c in FRESH])
-def test_bad_config_is_refused_before_writing(setup, expect, generator, tmp_path, capsys, monkeypatch):
-    sets = [f"generator.path={generator}", *SMALL, *setup(tmp_path, generator)]
+def test_bad_config_is_refused_before_writing(
+    setup, expect, generator, tmp_path, capsys, monkeypatch
+):
+    sets = [*generator.split(","), *SMALL, *setup(tmp_path, generator)]
     out = tmp_path / "run"
     before = snapshot(tmp_path)
     run_refused(capsys, monkeypatch, [CONFIGS / "tiny.yaml", "--out", out,
@@ -157,19 +156,26 @@ def test_bad_config_is_refused_before_writing(setup, expect, generator, tmp_path
 
 @needs_data
 @pytest.mark.parametrize("setup,expect", [c[1:] for c in ARGV], ids=[c[0] for c in ARGV])
-def test_bad_command_line_is_refused_before_writing(setup, expect, generator, tmp_path, capsys, monkeypatch):
+def test_bad_command_line_is_refused_before_writing(
+    setup, expect, generator, tmp_path, capsys, monkeypatch
+):
     argv = setup(tmp_path, generator)
     if argv and isinstance(argv[-1], dict):
         for key, value in argv.pop().items():
             monkeypatch.setenv(key, value)
     if "--out" not in argv:
         argv = [*argv, "--out", tmp_path / "run"]
-    argv = [a for a in argv if a is not None] + [f"--set=generator.path={generator}"]
+    argv = [a for a in argv if a is not None] + [f"--set={s}" for s in generator.split(",")]
     if argv[0] == "--out":  # resume without CONFIG takes no --set
         argv = argv[:2]
     before = snapshot(tmp_path)
     run_refused(capsys, monkeypatch, argv, expect)
     assert snapshot(tmp_path) == before
+
+
+@pytest.fixture(scope="module")
+def generator(tmp_path_factory):
+    return make_generator(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +227,9 @@ EXISTING = [
 
 
 @needs_data
-@pytest.mark.parametrize("damage,sets,expect", [c[1:] for c in EXISTING], ids=[c[0] for c in EXISTING])
+@pytest.mark.parametrize(
+    "damage,sets,expect", [c[1:] for c in EXISTING], ids=[c[0] for c in EXISTING]
+)
 def test_bad_run_folder_is_refused_and_left_alone(
     damage, sets, expect, interrupted, generator, tmp_path, capsys, monkeypatch
 ):
@@ -268,6 +276,6 @@ def test_a_nan_learner_is_skipped_counted_and_never_makes_a_nan_image(generator,
     assert last["guidance_skipped"] == 20
     # Skipped guidance is plain sampling: the stored images are exactly the unguided ones.
     images, labels = pool.get([r["id"] for r in rows])
-    plain = sample(load_pixel_backend(generator), torch.as_tensor(labels), [r["seed"] for r in rows],
+    plain = sample(load_pixel_backend(gen_path(generator)), torch.as_tensor(labels), [r["seed"] for r in rows],
                    steps=5, cfg=0.5, eta=0.0, scheduler="ddim").images  # fmt: skip
     assert np.array_equal(images, to_uint8(plain).numpy())
