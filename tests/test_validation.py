@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -279,3 +280,16 @@ def test_a_nan_learner_is_skipped_counted_and_never_makes_a_nan_image(generator,
     plain = sample(load_pixel_backend(gen_path(generator)), torch.as_tensor(labels), [r["seed"] for r in rows],
                    steps=5, cfg=0.5, eta=0.0, scheduler="ddim").images  # fmt: skip
     assert np.array_equal(images, to_uint8(plain).numpy())
+
+
+def test_no_loader_can_run_code_from_a_file():
+    """Checkpoints: weights_only; YAML: safe_load; arrays: no pickles; no remote model code."""
+    src = Path(__file__).resolve().parent.parent / "src" / "deliberate"
+    text = {p.name: p.read_text() for p in src.rglob("*.py")}
+    calls = [(name, m) for name, t in text.items() for m in re.findall(r"torch\.load\([^)]*\)", t)]
+    assert calls and all("weights_only=True" in m for _, m in calls), calls
+    for name, t in text.items():
+        assert not re.search(r"yaml\.(load|unsafe_load|full_load)\(", t), name
+        assert not re.search(r"allow_pickle\s*=\s*True|trust_remote_code|custom_pipeline", t), name
+        assert "pickle.load" not in t, name
+    assert "use_safetensors=True" in text["pixel.py"]  # the generator's weights
