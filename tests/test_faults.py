@@ -32,13 +32,17 @@ from tests.test_generator import tiny_backend
 from tests.test_practice import CONFIGS, TIMING_KEYS, _has_data, needs_data
 
 SRC = Path(__file__).resolve().parent.parent / "src"
+pytestmark = pytest.mark.skipif(
+    not hasattr(os, "fork"),
+    reason="needs os.fork and POSIX signals",
+)
 TORCH_DEFAULT_SEED = 67280421310721  # a fresh Python process's torch seed (forks must match it)
 # tiny.yaml cut down further: 20 plain images, one guided round of 10, a branch-out, 40 steps.
 SMALL = ["practice.initial=20", "practice.per_round=10", "practice.max_images=40",
          "generator.batch_size=10", "learner.iterations=40", "learner.batch_size=16",
          "learner.input_size=7", "practice.branch_outs=true"]  # fmt: skip
 
-# (point, n): where the n-th hit lands in the run above (3 shards; 4 evals; round 1 at step 20).
+# (point, n): where the n-th hit lands in the run above (3 shards; evals at 10..40; round 1 decided at 30).
 KILLS = [
     ("run.claimed", 1),
     ("config.tmp_written", 1),

@@ -27,6 +27,8 @@ from tests.test_faults import SMALL, cli_args, fork_run, make_generator
 from tests.test_generator import CLASS_NAMES, TINY, from_dict
 from tests.test_practice import CONFIGS, needs_data
 
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork and POSIX signals")
+
 
 def write(path: Path, text: str | bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
