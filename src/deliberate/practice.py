@@ -125,6 +125,12 @@ class PracticeConfig:
         p = self.practice
         self.generator.sampler.validate()
         self.guidance.validate()
+        if (share := self.learner.warmup_frac + self.learner.cooldown_frac) > 1:
+            raise DeliberateError(
+                f"learner.warmup_frac + learner.cooldown_frac = {share:g} exceeds 1; lower one"
+            )
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise DeliberateError("device: cuda, but torch sees no CUDA GPU; set device=cpu")
         self.learner.train_config(p.eval_every, self.seed)
         if self.generator.sampler.scheduler not in SCHEDULERS:
             raise DeliberateError(f"generator.sampler.scheduler must be one of {list(SCHEDULERS)}")
