@@ -88,6 +88,8 @@ FRESH = [
     ("warmup-plus-cooldown", S("learner.warmup_frac=0.9", "learner.cooldown_frac=0.5"),
      "learner.warmup_frac + learner.cooldown_frac = 1.4 exceeds 1; lower one"),
     ("unknown-arch", S("learner.arch=resnet9"), "learner.arch: 'resnet9' is not one of"),
+    ("vit-odd-input", S("learner.arch=vit_b_16"), "learner.input_size=7 must be a multiple of vit_b_16's"),
+    ("input-size-huge", S("learner.input_size=5000"), "learner.input_size: 5000 is out of range (must be <= 1024)"),
     ("unknown-scheduler", S("generator.sampler.scheduler=plms"), "scheduler"),
     ("steps-zero", S("generator.sampler.steps=0"), "steps=0 must be >= 1"),
     ("seed-negative", S("seed=-1"), "seed: -1 is out of range (must be >= 0)"),

@@ -68,7 +68,9 @@ class LearnerSettings:
     """The classifier and its recipe (training.TrainConfig's fields; SPEC §2.2)."""
 
     arch: str = field("small_resnet", "classifier architecture", choices=ARCHS)
-    input_size: int = field(0, "side the backbone sees (differentiable resize); 0 = native", ge=0)
+    input_size: int = field(
+        0, "side the backbone sees (differentiable resize); 0 = native", ge=0, le=1024
+    )
     iterations: int = field(TrainConfig.iterations, "optimiser steps in all: the budget", ge=1)
     batch_size: int = field(TrainConfig.batch_size, "images per optimiser step", ge=1)
     lr: float = field(TrainConfig.lr, "peak learning rate (WSD schedule)", gt=0)
@@ -128,6 +130,11 @@ class PracticeConfig:
         if (share := self.learner.warmup_frac + self.learner.cooldown_frac) > 1:
             raise DeliberateError(
                 f"learner.warmup_frac + learner.cooldown_frac = {share:g} exceeds 1; lower one"
+            )
+        if self.learner.arch == "vit_b_16" and self.learner.input_size % 16:
+            raise DeliberateError(
+                f"learner.input_size={self.learner.input_size} must be a multiple of vit_b_16's "
+                "16-pixel patches (or 0: 224)"
             )
         if self.device == "cuda" and not torch.cuda.is_available():
             raise DeliberateError("device: cuda, but torch sees no CUDA GPU; set device=cpu")
