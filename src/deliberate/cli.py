@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from deliberate.errors import DeliberateError
+from deliberate.faults import Interrupted
 
 
 def _add_sampler_args(p: argparse.ArgumentParser) -> None:
@@ -256,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     except DeliberateError as e:
         print(f"deliberate: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:  # SIGINT/SIGTERM honoured at a safe point
+        print(f"deliberate: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("deliberate: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130

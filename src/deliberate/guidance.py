@@ -97,6 +97,7 @@ class EntropyGuidance:
         settings.validate()
         self.backend, self.learner, self.settings = backend, learner, settings
         self.skipped = 0
+        self.skipped_per_row = None  # (B,) skips per image of the current batch; caller resets
         self.backward_passes = 0
 
     def gradient(self, x_t, t, cond, labels, scheduler) -> torch.Tensor:
@@ -117,6 +118,8 @@ class EntropyGuidance:
             (grad,) = torch.autograd.grad(value.sum(), x)
         self.backward_passes += len(x_t)
         bad = ~torch.isfinite(grad).flatten(1).all(dim=1)
+        rows = self.skipped_per_row
+        self.skipped_per_row = bad.long() if rows is None or len(rows) != len(bad) else rows + bad
         if bad.any():
             self.skipped += int(bad.sum())
             grad = torch.where(bad.view(-1, *[1] * (grad.dim() - 1)), torch.zeros_like(grad), grad)

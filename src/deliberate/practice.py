@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from deliberate import accounting, distributed
+from deliberate import accounting, distributed, faults
 from deliberate.config import field, to_dict
 from deliberate.data.imagefolder import DataSettings, evaluate_ood, load_split
 from deliberate.data.pool import Pool, atomic_file
@@ -45,6 +45,7 @@ from deliberate.training import TrainConfig, Trainer, cpu_rng, uniform_sampler
 
 ROUND_STRIDE = 10_000_000  # image seed = seed * 1e9 + round * ROUND_STRIDE + index (generate.plan)
 MAX_ROUNDS = 99
+RESUME = "re-run the same command to resume"  # what SIGINT/SIGTERM's one-line message advises
 # Compute so far, logged in every metrics row: see deliberate.accounting for each key.
 LEDGER = (*accounting.COUNTS, *accounting.SECONDS)
 
@@ -67,7 +68,9 @@ class LearnerSettings:
     """The classifier and its recipe (training.TrainConfig's fields; SPEC §2.2)."""
 
     arch: str = field("small_resnet", "classifier architecture", choices=ARCHS)
-    input_size: int = field(0, "side the backbone sees (differentiable resize); 0 = native", ge=0)
+    input_size: int = field(
+        0, "side the backbone sees (differentiable resize); 0 = native", ge=0, le=1024
+    )
     iterations: int = field(TrainConfig.iterations, "optimiser steps in all: the budget", ge=1)
     batch_size: int = field(TrainConfig.batch_size, "images per optimiser step", ge=1)
     lr: float = field(TrainConfig.lr, "peak learning rate (WSD schedule)", gt=0)
@@ -125,6 +128,17 @@ class PracticeConfig:
         p = self.practice
         self.generator.sampler.validate()
         self.guidance.validate()
+        if (share := self.learner.warmup_frac + self.learner.cooldown_frac) > 1:
+            raise DeliberateError(
+                f"learner.warmup_frac + learner.cooldown_frac = {share:g} exceeds 1; lower one"
+            )
+        if self.learner.arch == "vit_b_16" and self.learner.input_size % 16:
+            raise DeliberateError(
+                f"learner.input_size={self.learner.input_size} must be a multiple of vit_b_16's "
+                "16-pixel patches (or 0: 224)"
+            )
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise DeliberateError("device: cuda, but torch sees no CUDA GPU; set device=cpu")
         self.learner.train_config(p.eval_every, self.seed)
         if self.generator.sampler.scheduler not in SCHEDULERS:
             raise DeliberateError(f"generator.sampler.scheduler must be one of {list(SCHEDULERS)}")
@@ -157,6 +171,7 @@ class LoopState:
     last_entropy: float | None = None  # mean learner entropy of the last round at generation
     forks: list = dataclasses.field(default_factory=list)  # [round, iteration, pool size] each
     ledger: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(LEDGER, 0))
+    losses: list = dataclasses.field(default_factory=list)  # train losses since the last eval
 
 
 def decide(cfg: PracticeConfig, state: LoopState, val_acc: float, step: int) -> bool:
@@ -214,6 +229,10 @@ class _Run:
         cfg, st, backend = self.cfg, self.state, self.backend
         s, p = cfg.generator.sampler, cfg.practice
         n = p.initial if k == 0 else min(p.per_round, p.max_images - st.pool_size)
+        params = self.trainer.model.state_dict().values()  # model, EMA, 2 Adam moments + temp
+        ckpt_bytes = 5 * sum(t.numel() * t.element_size() for t in params)
+        need = n * (int(np.prod(backend.image_shape)) + 1024) + ckpt_bytes
+        faults.ensure_free_space(self.rd.root, need, f"round {k} ({n} images + checkpoint)")
         classes = range(backend.num_classes)
         pairs = plan(classes, -(-n // len(classes)), cfg.seed, k * ROUND_STRIDE)[:n]
         learner = self.trainer.ema  # the evaluated weights decide AND guide (module docstring)
@@ -224,14 +243,27 @@ class _Run:
             extra["fingerprint"] = learner_fingerprint(learner)
 
         def sample_fn(labels, seeds):
+            faults.point("generate.batch")
+            if faults.stop_requested():  # every earlier batch is in the pool: nothing to save
+                raise faults.Interrupted(faults.stop_requested(), RESUME)
             self.notify("sample", {"round": k, "seeds": seeds})
+            if hook:
+                hook.skipped_per_row = None
             out = sample(backend, labels, seeds, **asdict(s), guidance=hook, guided_steps=steps)
+            if not torch.isfinite(out.images).all():
+                raise DeliberateError(
+                    f"the generator produced NaN/inf pixels for seeds {seeds[0]}..; nothing of "
+                    "this batch was written: check generator.path and its weights"
+                )
             if k:  # the learner's entropy on the image exactly as stored (uint8)
                 stored = to_float01(to_uint8(out.images.cpu())).to(cfg.device)
                 with torch.no_grad():
                     logits = learner(stored)
                 out.extras["entropy"] = predictive_entropy(logits).cpu()
                 out.extras["learner_pred"] = logits.argmax(-1).cpu()  # Fig. 6: error when added
+                skips = hook.skipped_per_row if hook else None  # kept per image: resume-safe
+                out.extras["guidance_skipped"] = torch.zeros(len(seeds)) if skips is None else skips
+            faults.point("generate.sampled")
             return out
 
         t0 = time.perf_counter()
@@ -245,16 +277,18 @@ class _Run:
             sample_fn=sample_fn,
             progress=self.progress,
         )
+        faults.point("round.generated")
         led = st.ledger  # counted from the request, so a resumed round adds up the same
         led["denoiser_evals"] += n * (s.steps * (2 if s.cfg else 1) + len(steps))
         led["guidance_backward"] += n * len(steps)
-        led["guidance_skipped"] += distributed.all_sum(hook.skipped if hook else 0)
         led["seconds_generate"] += time.perf_counter() - t0
         accounting.add(led, images_generated=n, learner_score_images=n if k else 0)
         if hook is not None and distributed.is_main():
             self.save_twins(k, learner)
         st.round, st.pending, st.pool_size, st.patience = k, False, len(self.pool), 0
-        entropies = [r.get("entropy") for r in self.pool.records() if r["round"] == k]
+        mine = [r for r in self.pool.records() if r["round"] == k]
+        led["guidance_skipped"] += int(sum(r.get("guidance_skipped", 0) for r in mine))
+        entropies = [r.get("entropy") for r in mine]
         st.last_entropy = float(np.mean(entropies)) if k else None
         self.checkpoint()
         self.sampler = None
@@ -338,12 +372,18 @@ class _Run:
             if tr.step_count >= total:
                 break
             self.sampler = self.sampler or self.make_sampler()
-            t0, losses = time.perf_counter(), []
-            for _ in range(min(tau, total - tr.step_count)):
-                losses += tr.train_steps(self.sampler, 1)
+            t0 = time.perf_counter()
+            for _ in range(min(tau - len(st.losses), total - tr.step_count)):
+                st.losses += tr.train_steps(self.sampler, 1)
                 bar.update(1)
+                faults.point("train.step")
+                if faults.stop_requested():  # the window's losses are in the checkpoint
+                    self.checkpoint()
+                    raise faults.Interrupted(faults.stop_requested(), RESUME)
             st.ledger["seconds_train"] += time.perf_counter() - t0
-            row = self.evaluate(losses)
+            row = self.evaluate(st.losses)
+            st.losses = []
+            faults.point("eval.done")
             add = decide(cfg, st, row["val_acc"], tr.step_count) and grow
             row.update(
                 best_val=st.best_val,
@@ -356,9 +396,11 @@ class _Run:
                 self.rd.append_metrics(row)
             st.evals += 1
             bar.set_postfix(pool=st.pool_size, val=f"{row['val_acc']:.3f}", T=st.patience)
+            faults.point("metrics.appended")
             self.notify("eval", {**row, "run": self.tag})
             if add:
                 st.pending = True
+                faults.point("round.decided")
                 if cfg.practice.branch_outs:
                     self.fork()
             self.checkpoint()  # before generating: a crash mid-round resumes with this learner
@@ -374,6 +416,7 @@ class _Run:
         if distributed.is_main():
             folder.mkdir(parents=True, exist_ok=True)
         self.checkpoint(folder / "fork.pt", branch)
+        faults.point("fork.saved")
 
 
 @contextlib.contextmanager
@@ -396,7 +439,9 @@ def _finish_branch(main: _Run, k: int, iteration: int, size: int) -> dict:
     run = _Run(main.cfg, main.backend, main.split, main.pool, rd, main.progress, main.callback)
     run.limit, run.tag = size, f"branch {k}"
     run.restore(rd.load_checkpoint() or rd.load_checkpoint(rd.root / "fork.pt"))
+    faults.point("branch.started")
     run.loop(grow=False)
+    faults.point("branch.finished")
     last = rd.metrics()[-1]
     result = {
         "round": k,
@@ -423,12 +468,15 @@ def run_practice(
     distributed.init(cfg.device)  # joins torchrun's group; a no-op in a single process
     progress = progress and distributed.is_main()
     rd = RunDir(out_dir)
-    with distributed.main_first():  # rank 0 writes config.yaml; the others check theirs against it
-        rd.claim(to_dict(cfg))
-    with _threads(cfg.threads):
+    with _threads(cfg.threads), faults.graceful_stop():
         split, classes = load_split(cfg.data, cfg.data_dir)
         backend = load_backend(cfg.generator, device=cfg.device, classes=classes)
         c, h, w = backend.image_shape
+        _check_generator_fits(backend, split)  # all checks before the first byte is written
+        faults.ensure_free_space(out_dir, cfg.practice.initial * (c * h * w + 1024), "round 0")
+        with distributed.main_first():  # rank 0 writes config.yaml; the others check theirs
+            rd.claim(to_dict(cfg))
+        faults.point("run.claimed")
         meta = {
             "class_names": list(backend.class_names),
             "num_classes": backend.num_classes,
@@ -437,8 +485,14 @@ def run_practice(
         }
         with distributed.main_first():  # rank 0 creates (or repairs) it, then the others open it
             pool = Pool.open_or_create(rd.root / "pool", meta)  # refuses another generator's pool
+        faults.point("pool.created")
         main = _Run(cfg, backend, split, pool, rd, progress, callback)
         main.restore(rd.load_checkpoint())
+        if len(pool) < main.state.pool_size:  # the pool drops rows of a deleted last shard
+            raise DeliberateError(
+                f"{pool.root} holds {len(pool)} images but this run had {main.state.pool_size}: "
+                "a shard file was deleted; restore it (shards carry their own manifest rows)"
+            )
         main.loop(grow=True)
         branches = [_finish_branch(main, *fork) for fork in main.state.forks]
         from deliberate.report import write_practice_report
@@ -471,7 +525,9 @@ def run_practice(
 
             ema = main.trainer.ema
             summary = finish_summary(rd.root, cfg, backend, ema, split, pool, summary, progress)
+            faults.point("report.started")
             write_practice_report(rd.root, rd.metrics(), pool, summary, twins)
+            faults.point("report.written")
         distributed.barrier()  # the report exists when any rank returns
     return summary
 
@@ -515,3 +571,20 @@ def _accuracy(learner, images, labels) -> float:
     n = part.stop - part.start
     correct = round(evaluate(learner, images[part], labels[part]) * n)
     return distributed.all_sum(correct) / max(len(labels), 1)
+
+
+def _check_generator_fits(backend, split) -> None:
+    """Refuse a generator whose classes or image shape differ from the real evaluation data."""
+    classes = int(split.val_labels.max()) + 1
+    arrays = getattr(split.val_images, "ndim", None) == 3  # Fashion-MNIST (ImageFolder streams)
+    shape = (1, *split.val_images.shape[1:]) if arrays else None
+    if backend.num_classes != classes:
+        raise DeliberateError(
+            f"the generator has {backend.num_classes} classes but the dataset has {classes}; "
+            "set generator.path to a generator trained on this dataset"
+        )
+    if shape is not None and tuple(backend.image_shape) != shape:
+        raise DeliberateError(
+            f"the generator makes {tuple(backend.image_shape)} images but the dataset has "
+            f"{shape}; set generator.path to a generator trained on this dataset"
+        )

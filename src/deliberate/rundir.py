@@ -8,13 +8,17 @@ one row per evaluation and is cut back to the rows a checkpoint knows about when
 
 from __future__ import annotations
 
+import io
 import json
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
+from deliberate import faults
 from deliberate.data.pool import atomic_file
 from deliberate.errors import DeliberateError
 
@@ -54,9 +58,10 @@ class RunDir:
             try:
                 old = yaml.safe_load(self.config_file.read_text())
             except (OSError, yaml.YAMLError) as e:
-                raise DeliberateError(
-                    f"{self.config_file} is unreadable ({e}); restore it"
-                ) from None
+                why = " ".join(str(e).split())[:120]  # YAML errors span several lines
+                raise DeliberateError(f"{self.config_file} is unreadable ({why}); restore it") from None
+            if not isinstance(old, dict):
+                raise DeliberateError(f"{self.config_file} is not a run config; restore it")
             where = _first_difference(old, config)
             if where is not None:
                 raise DeliberateError(
@@ -64,19 +69,38 @@ class RunDir:
                     f"{_lookup(old, where)!r} there, {_lookup(config, where)!r} here); "
                     "re-run with the same config to resume, or choose another --out"
                 )
+            for tmp in self.root.rglob(".*.tmp"):  # temp files of writers killed mid-write
+                tmp.unlink()
             return
+        if self.root.exists() and not self.root.is_dir():
+            raise DeliberateError(f"--out {self.root} is a file; choose a folder")
+        for tmp in self.root.glob(".*.tmp") if self.root.is_dir() else ():
+            tmp.unlink()  # a first claim killed before its rename
         if self.root.exists() and any(self.root.iterdir()):
             raise DeliberateError(
                 f"{self.root} is not empty and holds no run; choose another --out"
             )
-        self.root.mkdir(parents=True, exist_ok=True)
-        with atomic_file(self.config_file) as f:
-            f.write(yaml.safe_dump(config, sort_keys=False).encode())
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with atomic_file(self.config_file) as f:
+                f.write(yaml.safe_dump(config, sort_keys=False).encode())
+                faults.point("config.tmp_written")
+        except OSError as e:
+            raise DeliberateError(
+                f"cannot write the run folder {self.root} ({e.strerror}); choose a writable --out"
+            ) from None
 
     def save_checkpoint(self, state: dict, path: Path | None = None) -> None:
         """Write a checkpoint atomically (a crash leaves the previous one intact)."""
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        data = buffer.getbuffer()
         with atomic_file(path or self.checkpoint_file) as f:
-            torch.save(state, f)
+            f.write(data[: len(data) // 2])
+            faults.point("checkpoint.torn")
+            f.write(data[len(data) // 2 :])
+            faults.point("checkpoint.tmp_written")
+        faults.point("checkpoint.renamed")
 
     def load_checkpoint(self, path: Path | None = None) -> dict | None:
         """The latest checkpoint (tensors on the CPU), or None when the run has not saved one."""
@@ -85,6 +109,14 @@ class RunDir:
             return None
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:  # never retried with weights_only=False
+            found = re.search(r"GLOBAL (\S+)", str(e))
+            if found is None:
+                raise DeliberateError(f"checkpoint {path} is unreadable (damaged); delete it") from None
+            raise DeliberateError(
+                f"checkpoint {path} holds pickled Python objects ({found[1]}), which are never "
+                "loaded (a checkpoint holds only tensors and numbers); delete it"
+            ) from None
         except Exception as e:  # torch raises many types for a damaged file
             first = (str(e).splitlines() or [type(e).__name__])[0]
             raise DeliberateError(f"checkpoint {path} is unreadable ({first}); delete it") from None
@@ -97,11 +129,16 @@ class RunDir:
 
     def truncate_metrics(self, rows: int) -> None:
         """Keep the first `rows` rows: later ones were written after the checkpoint we resume."""
-        kept = self.metrics()[:rows]
+        lines = self.metrics_file.read_bytes().splitlines(True) if self.metrics_file.exists() else []
+        kept = [line for line in lines[:rows] if line.endswith(b"\n")]  # never a torn last row
         with atomic_file(self.metrics_file) as f:
-            f.write("".join(json.dumps(r) + "\n" for r in kept).encode())
+            f.write(b"".join(kept))
 
     def append_metrics(self, row: dict) -> None:
         """Append one row and flush it to disk."""
+        line = json.dumps(row) + "\n"
         with open(self.metrics_file, "a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(line[: len(line) // 2])
+            f.flush()
+            faults.point("metrics.torn")
+            f.write(line[len(line) // 2 :])

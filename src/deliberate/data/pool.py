@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from deliberate import faults
 from deliberate.errors import DeliberateError
 
 FORMAT, VERSION = "deliberate-pool", 1
@@ -98,6 +99,8 @@ class Pool:
         root = Path(root)
         if (root / "pool.json").exists():
             raise DeliberateError(f"{root} already holds a pool; open it with Pool(root)")
+        for tmp in root.glob(".*.tmp"):  # left by a create killed before its rename
+            tmp.unlink()
         if root.exists() and any(root.iterdir()):
             raise DeliberateError(f"{root} is not empty; choose a new or empty pool directory")
         meta = _check_meta(meta, root)
@@ -170,8 +173,11 @@ class Pool:
             packed = np.frombuffer(_dumps(rows).encode(), np.uint8)  # no pickles in shards
             with atomic_file(self._shard_dir / name) as f:
                 np.savez(f, images=images, ids=ids, labels=labels, rows=packed)
+                faults.point("pool.shard_tmp_written")
+            faults.point("pool.shard_renamed")
             # A crash here leaves a complete shard without rows; the next open re-derives them.
             self._write_rows("".join(_dumps(r) + "\n" for r in rows).encode())
+            faults.point("pool.manifest_written")
             self._shards.append((name, first, len(rows)))
             self._labels = np.concatenate([self._labels, labels])
         return ids.tolist()
@@ -384,7 +390,10 @@ class Pool:
         """Cut the manifest after the rows we trust (dropping a stale tail), append, and sync."""
         with open(self._manifest, "ab") as f:
             f.truncate(self._size)
-            f.write(payload)
+            f.write(payload[: len(payload) // 2])
+            f.flush()
+            faults.point("pool.manifest_torn")
+            f.write(payload[len(payload) // 2 :])
             f.flush()
             os.fsync(f.fileno())
         self._size += len(payload)

@@ -1,0 +1,157 @@
+"""Reliability plumbing: named kill points, graceful SIGINT/SIGTERM, and a free-space check.
+
+Kill points. `point(name)` marks a moment where a crash must lose nothing. With the environment
+variable `DELIBERATE_FAULT=name[:n]` set, the process SIGKILLs itself the n-th time (default 1st)
+it reaches that point: no `finally`, no flush, exactly what a preempted machine leaves behind.
+`name:n:TERM` (or INT) sends that signal instead, to test graceful stops at a precise moment.
+Unset (always, outside tests), `point` is one comparison. `POINTS` lists every placed name;
+tests/test_faults.py kills a real run at each and checks the re-run finishes identically.
+
+Signals. Inside `graceful_stop()`, SIGINT and SIGTERM only set a flag; the run polls
+`stop_requested()` at safe points (after a training step, between sampling batches), writes its
+checkpoint and raises `Interrupted`, which the CLI prints as one line and exits 128 + signal
+(130, 143). A second signal stops at once (every file is written atomically, so that is safe too).
+
+Free space. `ensure_free_space(path, need)` refuses to start writing `need` bytes (plus a reserve,
+`DELIBERATE_RESERVE_BYTES`, default 64 MiB) where the disk has less free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from deliberate.errors import DeliberateError
+
+FAULT_ENV = "DELIBERATE_FAULT"
+RESERVE_ENV = "DELIBERATE_RESERVE_BYTES"
+DEFAULT_RESERVE = 64 * 2**20
+
+# Every kill point placed in the code, in the order a run meets them (docs/reliability.md).
+POINTS = (
+    "run.claimed",  # config.yaml written, nothing else
+    "config.tmp_written",  # config.yaml's temp file complete, not yet renamed
+    "pool.created",  # empty pool on disk
+    "generate.batch",  # before a sampling batch
+    "generate.sampled",  # a batch sampled, not yet in the pool
+    "pool.shard_tmp_written",  # shard temp file complete, not renamed (invisible)
+    "pool.shard_renamed",  # shard visible, its manifest rows not yet written
+    "pool.manifest_torn",  # half of a shard's manifest rows written
+    "pool.manifest_written",  # shard and rows complete
+    "round.generated",  # every image of a round in the pool, loop state not yet saved
+    "checkpoint.torn",  # half of a checkpoint's temp file written
+    "checkpoint.tmp_written",  # checkpoint temp file complete, not renamed
+    "checkpoint.renamed",  # new checkpoint in place
+    "train.step",  # after an optimiser step
+    "eval.done",  # evaluated, metrics row not yet written
+    "metrics.torn",  # half a metrics row written
+    "metrics.appended",  # metrics row written, checkpoint not yet
+    "round.decided",  # a round decided (patience), not yet checkpointed
+    "fork.saved",  # a branch-out's fork.pt written, main checkpoint not yet
+    "branch.started",  # a branch-out about to train from its fork
+    "branch.finished",  # a branch-out trained, result.json not yet written
+    "report.started",  # training done, report not yet written
+    "report.written",  # report written, summary not yet printed
+)
+
+_target: tuple[str, int, int] | None = None
+_hits = 0
+
+
+def arm(spec: str | None = None) -> None:
+    """Read `name[:n[:SIGNAL]]` from `spec` (default: $DELIBERATE_FAULT); reset the hit count."""
+    global _target, _hits
+    spec = os.environ.get(FAULT_ENV, "") if spec is None else spec
+    _hits = 0
+    if not spec:
+        _target = None
+        return
+    name, n, sig, *_ = [*spec.split(":"), "", ""]
+    try:
+        _target = (name, int(n or 1), signal.Signals[f"SIG{sig or 'KILL'}"])
+    except (ValueError, KeyError):
+        _target = None
+        raise DeliberateError(f"${FAULT_ENV}={spec!r} is not NAME[:N[:SIGNAL]]") from None
+
+
+def point(name: str) -> None:
+    """A kill point: signal this process here if it is the armed one and its turn has come."""
+    global _hits
+    if _target is None or _target[0] != name:
+        return
+    _hits += 1
+    if _hits == _target[1]:
+        os.kill(os.getpid(), _target[2])
+
+
+try:
+    arm()
+except DeliberateError as e:  # a test knob: warn, never stop a real run over it
+    print(f"deliberate: warning: {e}; no fault armed", file=sys.stderr)
+
+
+class Interrupted(Exception):
+    """The run stopped at a safe point after SIGINT/SIGTERM; `exit_code` is 128 + signal."""
+
+    def __init__(self, signum: int, resume: str):
+        name = signal.Signals(signum).name
+        super().__init__(f"stopped by {name} at a safe point, all work so far saved; {resume}")
+        self.exit_code = 128 + signum
+
+
+_requested: int | None = None
+
+
+def stop_requested() -> int | None:
+    """The signal number received inside `graceful_stop`, or None."""
+    return _requested
+
+
+def _on_signal(signum, frame) -> None:
+    global _requested
+    if _requested is not None:  # impatient: a second signal stops right here
+        raise Interrupted(signum, "re-run the same command to resume")
+    _requested = signum
+
+
+@contextlib.contextmanager
+def graceful_stop() -> Iterator[None]:
+    """Turn SIGINT/SIGTERM into a polled flag for the duration (main thread only)."""
+    global _requested
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _requested = None
+    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        _requested = None
+
+
+def ensure_free_space(path: str | Path, need: int, what: str) -> None:
+    """Refuse (one line) when the disk holding `path` has less than `need` bytes + the reserve."""
+    raw = os.environ.get(RESERVE_ENV, "")
+    try:
+        reserve = int(raw) if raw else DEFAULT_RESERVE
+    except ValueError:
+        raise DeliberateError(f"${RESERVE_ENV}={raw!r} must be a number of bytes") from None
+    probe = Path(path).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < need + reserve:
+        mib = lambda b: f"{b / 2**20:,.0f} MiB"  # noqa: E731
+        raise DeliberateError(
+            f"only {mib(free)} free on the disk of {probe}, but {what} needs about "
+            f"{mib(need)} plus a {mib(reserve)} reserve (${RESERVE_ENV}); free space or "
+            "choose another --out, then re-run the same command"
+        )

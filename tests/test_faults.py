@@ -1,0 +1,265 @@
+"""Crash safety for real: kill `deliberate run` at every named point, re-run it, compare.
+
+Each run is a child process. Most are forked from this (already imported) test process and call
+`deliberate.cli.main`, which spares ~6 s of imports per run on a 2-core machine; the child dies
+by a real SIGKILL (or SIGTERM/SIGINT) from the kernel exactly as an exec'd CLI would. Two runs
+are exec'd `python -m deliberate.cli` (an external SIGTERM, and the determinism run), which also
+checks that forked and exec'd runs give the same bytes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import deliberate.report  # noqa: F401  (imported once here: forked runs skip matplotlib's import)
+from deliberate import faults
+from deliberate.cli import main
+from deliberate.data.fashion_mnist import DEFAULT_DIR, FILES
+from deliberate.data.pool import Pool
+from tests.test_generator import tiny_backend
+from tests.test_practice import CONFIGS, TIMING_KEYS, _has_data, needs_data
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+pytestmark = pytest.mark.skipif(
+    not hasattr(os, "fork"),
+    reason="needs os.fork and POSIX signals",
+)
+TORCH_DEFAULT_SEED = 67280421310721  # a fresh Python process's torch seed (forks must match it)
+# tiny.yaml cut down further: 20 plain images, one guided round of 10, a branch-out, 40 steps.
+SMALL = ["practice.initial=20", "practice.per_round=10", "practice.max_images=40",
+         "generator.batch_size=10", "learner.iterations=40", "learner.batch_size=16",
+         "learner.input_size=7", "practice.branch_outs=true"]  # fmt: skip
+
+# (point, n): where the n-th hit lands in the run above (3 shards; evals at 10..40; round 1 decided at 30).
+KILLS = [
+    ("run.claimed", 1),
+    ("config.tmp_written", 1),
+    ("pool.created", 1),
+    ("generate.batch", 2),  # round 0, one shard written
+    ("generate.sampled", 3),  # the guided batch sampled, not stored
+    ("pool.shard_tmp_written", 2),
+    ("pool.shard_renamed", 1),
+    ("pool.manifest_torn", 3),  # the guided shard's rows half written
+    ("pool.manifest_written", 2),
+    ("round.generated", 1),
+    ("checkpoint.torn", 2),
+    ("checkpoint.tmp_written", 3),
+    ("checkpoint.renamed", 4),
+    ("train.step", 15),  # mid evaluation window
+    ("eval.done", 2),
+    ("metrics.torn", 3),
+    ("metrics.appended", 2),
+    ("round.decided", 1),
+    ("fork.saved", 1),
+    ("branch.started", 1),
+    ("branch.finished", 1),
+    ("report.started", 1),
+    ("report.written", 1),
+]
+
+
+def cli_args(out: Path, generator: str) -> list[str]:
+    """`deliberate run` on SMALL; `generator` is the fixture's "generator.path=..,data_dir=.." pair."""
+    sets = [f"--set={s}" for s in [*generator.split(","), *SMALL]]
+    return ["run", str(CONFIGS / "tiny.yaml"), "--out", str(out), "--quiet", *sets]
+
+
+def fork_run(args: list[str], fault: str = "", log: Path | None = None) -> int:
+    """Run `deliberate <args>` in a forked child; its exit code, or -signal if it was killed."""
+    log = log or Path(args[args.index("--out") + 1] + ".log")
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 99
+        try:
+            out = open(log.with_suffix(".out"), "w")  # noqa: SIM115 (closed by _exit)
+            err = open(log.with_suffix(".err"), "w")  # noqa: SIM115
+            os.dup2(out.fileno(), 1), os.dup2(err.fileno(), 2)
+            sys.stdout, sys.stderr = out, err
+            torch.manual_seed(TORCH_DEFAULT_SEED)
+            faults.arm(fault)
+            code = main(args)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush(), sys.stderr.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def exec_cmd(args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "deliberate.cli", *args]
+
+
+def exec_env(**extra) -> dict:
+    path = os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **extra}
+
+
+@pytest.fixture(scope="module")
+def generator(tmp_path_factory):
+    return make_generator(tmp_path_factory)
+
+
+def make_generator(tmp_path_factory) -> str:
+    """A tiny random generator, and Fashion-MNIST unzipped once (gunzip costs ~1 s per run)."""
+    path = tmp_path_factory.mktemp("gen") / "tiny"
+    tiny_backend(seed=1).save(path)
+    data = tmp_path_factory.mktemp("fmnist")
+    if _has_data():
+        for stem in FILES.values():
+            (data / stem).write_bytes(gzip.decompress((DEFAULT_DIR / f"{stem}.gz").read_bytes()))
+    return f"generator.path={path},data_dir={data}"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, generator):
+    """The uninterrupted run every interrupted one must reproduce."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    assert fork_run(cli_args(out, generator)) == 0, out.with_suffix(".err").read_text()
+    return out
+
+
+def strip(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in TIMING_KEYS}
+
+
+def metrics(path: Path) -> list[dict]:
+    return [strip(json.loads(line)) for line in path.read_text().splitlines()]
+
+
+def assert_same_result(ref: Path, out: Path) -> None:
+    """Pool bytes, manifest, metrics (without wall-clock fields), branch results, weights."""
+    names = sorted(p.relative_to(ref).as_posix() for p in (ref / "pool").rglob("*") if p.is_file())
+    got = sorted(p.relative_to(out).as_posix() for p in (out / "pool").rglob("*") if p.is_file())
+    assert got == names  # no stray shard, no temp file left behind
+    for name in names:
+        assert (ref / name).read_bytes() == (out / name).read_bytes(), name
+    assert Pool(out / "pool").verify() == 30
+    for sub in ("", "branches/round-0/"):
+        assert metrics(out / sub / "metrics.jsonl") == metrics(ref / sub / "metrics.jsonl"), sub
+    result = "branches/round-0/result.json"
+    assert json.loads((out / result).read_text()) == json.loads((ref / result).read_text())
+    a, b = (torch.load(d / "checkpoint.pt", weights_only=True) for d in (ref, out))
+    for part in ("model", "ema"):
+        for key, tensor in a["trainer"][part].items():
+            assert torch.equal(tensor, b["trainer"][part][key]), (part, key)
+    assert a["loop"]["forks"] == b["loop"]["forks"] and a["trainer"]["step"] == 40
+    assert (out / "report" / "report.md").stat().st_size > 0
+    assert not list(out.rglob(".*.tmp"))
+
+
+def assert_crash_state_is_sane(out: Path) -> None:
+    """What a kill leaves: only whole shards visible; manifest rows whole, unique, contiguous."""
+    shards = sorted((out / "pool" / "shards").glob("shard-*.npz")) if out.exists() else []
+    total = 0
+    for j, path in enumerate(shards):
+        assert path.name == f"shard-{j:06d}.npz"
+        with np.load(path, allow_pickle=False) as z:
+            ids = z["ids"].tolist()
+            assert ids == list(range(total, total + len(ids))) and len(z["images"]) == len(ids)
+            total += len(ids)
+    manifest = out / "pool" / "manifest.jsonl"
+    lines = manifest.read_bytes().splitlines(True) if manifest.exists() else []
+    whole = [json.loads(line) for line in lines if line.endswith(b"\n")]
+    assert len(lines) - len(whole) <= 1 and (not lines or len(whole) >= len(lines) - 1)
+    assert [r["id"] for r in whole] == list(range(len(whole)))  # no duplicate, no gap
+    assert len(whole) <= total  # every row names an image that is on disk
+    assert {r["shard"] for r in whole} <= {p.name for p in shards}
+
+
+@needs_data
+@pytest.mark.parametrize("point,n", KILLS, ids=[p for p, _ in KILLS])
+def test_killed_run_resumes_to_the_identical_result(point, n, reference, generator, tmp_path):
+    out = tmp_path / "run"
+    args = cli_args(out, generator)
+    assert fork_run(args, f"{point}:{n}") == -signal.SIGKILL, f"{point}:{n} was never reached"
+    assert_crash_state_is_sane(out)
+    code = fork_run(args)
+    assert code == 0, (tmp_path / "run.err").read_text()
+    assert_same_result(reference, out)
+
+
+def test_every_kill_point_is_placed_and_tested():
+    assert sorted({p for p, _ in KILLS}) == sorted(faults.POINTS) and len(faults.POINTS) >= 20
+    source = "".join(p.read_text() for p in (SRC / "deliberate").rglob("*.py"))
+    for name in faults.POINTS:
+        assert f'point("{name}")' in source, name
+
+
+@needs_data
+@pytest.mark.parametrize(
+    "fault,code,name",
+    [
+        ("train.step:15:TERM", 143, "SIGTERM"),
+        ("generate.batch:2:INT", 130, "SIGINT"),
+        ("branch.started:1:TERM", 143, "SIGTERM"),
+    ],
+    ids=["term-mid-window", "int-mid-round", "term-in-branch"],
+)
+def test_signal_stops_at_a_safe_point_and_resumes(
+    fault, code, name, reference, generator, tmp_path
+):
+    out = tmp_path / "run"
+    args = cli_args(out, generator)
+    assert fork_run(args, fault) == code
+    err = (tmp_path / "run.err").read_text()
+    assert err == f"deliberate: stopped by {name} at a safe point, all work so far saved; " \
+        "re-run the same command to resume\n"  # fmt: skip
+    if fault.startswith("train.step"):  # stopped right after step 15, checkpointed there
+        ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+        assert ckpt["trainer"]["step"] == 15 and len(ckpt["loop"]["losses"]) == 5
+    if fault.startswith("generate.batch"):  # the first shard is kept, the second not begun
+        assert len(Pool(out / "pool")) == 10
+    assert fork_run(args) == 0
+    assert_same_result(reference, out)
+
+
+@needs_data
+def test_external_sigterm_to_the_cli_process(reference, generator, tmp_path):
+    """A real `python -m deliberate.cli run` gets SIGTERM from outside once training has begun."""
+    out = tmp_path / "run"
+    args = cli_args(out, generator)
+    proc = subprocess.Popen(exec_cmd(args), env=exec_env(), stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "metrics.jsonl").exists() and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert (
+        err.endswith(
+            "stopped by SIGTERM at a safe point, all work so far saved; "
+            "re-run the same command to resume\n"
+        )
+        and "Traceback" not in err
+    )
+    assert fork_run(args) == 0
+    assert_same_result(reference, out)
+
+
+@needs_data
+def test_same_config_and_seed_give_identical_bytes(reference, generator, tmp_path):
+    """Determinism on CPU: an exec'd run equals the forked reference, byte for byte."""
+    out = tmp_path / "run"
+    done = subprocess.run(exec_cmd(cli_args(out, generator)), env=exec_env(), capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()
+    assert_same_result(reference, out)
+    # The whole pool (shards, manifest, header) and every metric but wall-clock time.
+    assert (out / "pool" / "manifest.jsonl").read_bytes() == (
+        reference / "pool" / "manifest.jsonl"
+    ).read_bytes()
+    assert metrics(out / "metrics.jsonl") == metrics(reference / "metrics.jsonl")
