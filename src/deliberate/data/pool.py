@@ -207,6 +207,7 @@ class Pool:
         self._staging.mkdir(exist_ok=True)
         with atomic_file(self._staging / name) as f:
             np.savez(f, images=images, ids=ids, labels=labels, rows=packed)
+            faults.point("pool.shard_tmp_written")
 
     def staged(self) -> dict[int, list[int]]:
         """The complete staged shards: shard number -> the seeds of its images, in order."""
@@ -235,8 +236,10 @@ class Pool:
                     raise self._err(f"staged {name} does not continue from id {first}; delete it")
                 os.replace(src, self._shard_dir / name)
                 _fsync_dir(self._shard_dir)
+                faults.point("pool.shard_renamed")
                 # A crash here leaves a complete shard without rows; the next open re-derives them.
                 self._write_rows("".join(_dumps(r) + "\n" for r in rows).encode())
+                faults.point("pool.manifest_written")
                 self._shards.append((name, first, len(ids)))
                 self._labels = np.concatenate([self._labels, labels])
                 moved += len(ids)
