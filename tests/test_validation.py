@@ -101,7 +101,7 @@ FRESH = [
     ("generator-missing", lambda tmp, gen: [f"generator.path={tmp}/nope"],
      "is not a deliberate generator folder"),
     ("generator-5-classes", lambda tmp, gen: [f"generator.path={generator_like(tmp, 'g5', classes=CLASS_NAMES[:5])}"],
-     "the generator has 5 classes but the dataset has 10; set generator.path"),
+     "the pixel generator has 5 classes but the data has 10; use a generator trained on these"),
     ("generator-16px", lambda tmp, gen: [f"generator.path={generator_like(tmp, 'g16', image_size=16)}"],
      "the generator makes (1, 16, 16) images but the dataset has (1, 28, 28)"),
     ("generator-weights-corrupt",

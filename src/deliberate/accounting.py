@@ -50,7 +50,8 @@ class TimedHook:
     """Wrap a guidance hook so its wall time is added to `ledger["seconds_guidance"]`."""
 
     def __init__(self, hook, ledger: dict):
-        self._hook, self._ledger = hook, ledger
+        object.__setattr__(self, "_hook", hook)
+        object.__setattr__(self, "_ledger", ledger)
 
     def __call__(self, *args, **kwargs):
         t0 = time.perf_counter()
@@ -61,6 +62,9 @@ class TimedHook:
 
     def __getattr__(self, name):  # `skipped`, `backward_passes`, ...
         return getattr(self._hook, name)
+
+    def __setattr__(self, name, value):  # e.g. resetting `skipped_per_row` per batch
+        setattr(self._hook, name, value)
 
 
 def _flops(fn) -> int:

@@ -137,8 +137,6 @@ class PracticeConfig:
                 f"learner.input_size={self.learner.input_size} must be a multiple of vit_b_16's "
                 "16-pixel patches (or 0: 224)"
             )
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise DeliberateError("device: cuda, but torch sees no CUDA GPU; set device=cpu")
         self.learner.train_config(p.eval_every, self.seed)
         if self.generator.sampler.scheduler not in SCHEDULERS:
             raise DeliberateError(f"generator.sampler.scheduler must be one of {list(SCHEDULERS)}")
@@ -465,6 +463,8 @@ def run_practice(
     before each sampling batch ("sample"); an exception it raises stops the run like a crash.
     """
     cfg.validate()
+    if cfg.device == "cuda" and not torch.cuda.is_available():  # at run time: presets load anywhere
+        raise DeliberateError("device: cuda, but torch sees no CUDA GPU; set device=cpu")
     distributed.init(cfg.device)  # joins torchrun's group; a no-op in a single process
     progress = progress and distributed.is_main()
     rd = RunDir(out_dir)
