@@ -56,8 +56,8 @@ def label_of(kind: str, cfg: dict, summary: dict) -> tuple[str, str]:
     if kind == "prune":
         return "prune", f"prune R={summary['ratio']:g}"
     p, omega = cfg["practice"], cfg["guidance"]["omega"]
-    if p["per_round"] == 0:
-        return "static", "static"
+    if p["per_round"] == 0:  # sizes differ within a sweep: each is its own setting
+        return "static", f"static {p['max_images']:,}"
     method = "DP ω=0" if omega == 0 else "DP"
     label = f"DP ω={omega:g}"
     if p["patience_mode"] != "incremental":
@@ -255,8 +255,9 @@ def plot_omega(runs: list[dict], path: Path) -> Path | None:
         shifted = [(r["omega"], r["summary"].get("shifted", {}).get("mean")) for r in group]
         _plot_series(ax, clean, f"{name}: clean test", "DP", color=color)
         _plot_series(ax, shifted, f"{name}: shifted test (mean of 6)", "DP", ls="--", color=color)
-    static = [r for r in runs if r["method"] == "static"]
-    if static:
+    sizes = {r["summary"].get("pool_size") for g in variants.values() for r in g}
+    static = [r for r in runs if r["method"] == "static" and r["summary"].get("pool_size") in sizes]
+    if static:  # the static baseline at DP's final pool size
         m, _ = _ms([r["summary"]["test_acc"] for r in static])
         ax.axhline(100 * m, color="C0", ls=":", label="static (clean test)")
     _finish(ax, "Guidance scale ablation: accuracy vs omega (omega = 0: no guidance)",
