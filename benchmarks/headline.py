@@ -76,7 +76,8 @@ def main() -> None:
     else:
         print(f"match ratio: not reached (DP {100 * dp_mean:.2f} % < best static)")
     size, how = equivalent_static(curve, dp_mean)
-    print(f"equivalent static pool: {how} {size:,.0f} images = {how} {size / dp_pool:.2f}x DP's pool")
+    how = "" if how == "=" else how + " "
+    print(f"equivalent static pool: {how}{size:,.0f} images, {how}{size / dp_pool:.2f}x DP's pool")
 
 
 if __name__ == "__main__":
