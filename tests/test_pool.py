@@ -137,6 +137,24 @@ def test_crash_between_rename_and_manifest_write(tmp_path, monkeypatch):
     assert len(repaired) == 14 and repaired.records()[-1]["shard"] == "shard-000002.npz"
 
 
+@pytest.mark.parametrize("shape", [(28, 28), (6, 5, 3)])
+def test_images_view_reads_batches_from_memory_mapped_shards(tmp_path, shape):
+    """Training's lazy view: the same pixels as load_all, by id, without loading the pool."""
+    pool, images = filled(tmp_path, (7, 1, 12), shape)
+    view = pool.images_view()
+    ids = np.random.default_rng(0).integers(0, 20, 64)
+    assert len(view) == 20 and np.array_equal(view[ids], images[ids])
+    assert np.array_equal(view[np.arange(20)], pool.load_all()[0])
+    assert all(isinstance(view._shard(j), np.memmap) for j in range(3))  # mapped, not read
+    head = pool.images_view(limit=8)  # a branch-out trains on the first |D_k| images
+    assert len(head) == 8 and np.array_equal(head[[7, 0]], images[[7, 0]])
+    with pytest.raises(IndexError, match=r"out of range 0..7"):
+        head[[8]]
+    (pool.root / "shards" / "shard-000002.npz").write_bytes(b"PK\x03\x04")
+    with pytest.raises(DeliberateError, match="shard-000002.npz is corrupt"):
+        pool.images_view()[[19]]
+
+
 def test_damaged_shards_are_reported_with_the_fix(tmp_path):
     pool, _ = filled(tmp_path, (3, 3, 3))
     shards = pool.root / "shards"

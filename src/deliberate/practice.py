@@ -316,10 +316,10 @@ class _Run:
 
     def make_sampler(self):
         """Minibatches from the pool (its first `limit` images in a branch), read from disk."""
-        images, labels = self.pool.load_all()
-        rounds = np.array([r["round"] for r in self.pool.records()])
-        n = self.limit or len(images)
-        images, labels, rounds = images[:n], labels[:n], rounds[:n]
+        images = self.pool.images_view(self.limit)  # memory-mapped: the pool never sits in RAM
+        n = len(images)
+        labels = self.pool.labels()[:n]
+        rounds = np.array([r["round"] for r in self.pool.records()])[:n]
         w = self.cfg.practice.new_data_weight
         if w == 1 or rounds.max() == 0:
             return uniform_sampler(images, labels)

@@ -134,7 +134,8 @@ def random_crop_flip(
 def uniform_sampler(images: np.ndarray | torch.Tensor, labels) -> Sampler:
     """A sampler drawing `batch_size` examples uniformly with replacement from fixed arrays.
 
-    Numpy arrays (memmaps included) are indexed per batch, so they are never loaded whole.
+    Numpy arrays (memmaps included) and lazy views such as `Pool.images_view()` are indexed per
+    batch, so they are never loaded whole.
     """
     labels_t = torch.as_tensor(np.asarray(labels)).long()
     if len(images) != len(labels_t) or len(images) == 0:
@@ -144,7 +145,7 @@ def uniform_sampler(images: np.ndarray | torch.Tensor, labels) -> Sampler:
 
     def sample(generator: torch.Generator, batch_size: int, part: slice = slice(None)) -> Batch:
         idx = torch.randint(len(images), (batch_size,), generator=generator)[part]
-        batch = images[idx.numpy()] if isinstance(images, np.ndarray) else images[idx]
+        batch = images[idx] if isinstance(images, torch.Tensor) else images[idx.numpy()]
         return torch.as_tensor(batch), labels_t[idx]
 
     return sample
