@@ -145,6 +145,7 @@ def test_images_view_reads_batches_from_memory_mapped_shards(tmp_path, shape):
     ids = np.random.default_rng(0).integers(0, 20, 64)
     assert len(view) == 20 and np.array_equal(view[ids], images[ids])
     assert np.array_equal(view[np.arange(20)], pool.load_all()[0])
+    assert np.array_equal(view[5:100], images[5:])  # slices too, clipped like numpy's
     assert all(isinstance(view._shard(j), np.memmap) for j in range(3))  # mapped, not read
     head = pool.images_view(limit=8)  # a branch-out trains on the first |D_k| images
     assert len(head) == 8 and np.array_equal(head[[7, 0]], images[[7, 0]])

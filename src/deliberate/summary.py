@@ -50,7 +50,7 @@ def round_errors(learner, pool, stages: dict | None = None) -> list[dict]:
     requested by stage k - 1, so that entry equals `error_when_added`.
     """
     records = pool.records()
-    images, labels = pool.load_all()
+    images, labels = pool.images_view(), pool.labels()  # streamed: pools may exceed RAM
     pred = _predict(learner, images)
     staged = {j: _predict(m, images) for j, m in sorted((stages or {}).items())}
     rounds = np.array([r["round"] for r in records])

@@ -536,7 +536,9 @@ class PoolImages:
         return self._maps[j]
 
     def __getitem__(self, idx) -> np.ndarray:
-        """Images at integer ids (array-like, e.g. a sampler's batch), in the order given."""
+        """Images at integer ids (array-like, e.g. a sampler's batch) or a slice, in order."""
+        if isinstance(idx, slice):  # e.g. evaluation batches, images[s : s + 1000]
+            idx = np.arange(*idx.indices(self._n))
         ids = np.asarray(idx, dtype=np.int64).reshape(-1)
         if ids.size and (ids.min() < 0 or ids.max() >= self._n):
             raise IndexError(f"image id out of range 0..{self._n - 1}")
