@@ -24,6 +24,7 @@ from deliberate.config import load_config
 from deliberate.data.pool import Pool
 from deliberate.generate import SamplerSettings, generate_into_pool, plan
 from deliberate.practice import PracticeConfig, run_practice
+from deliberate.rundir import RunDir
 from deliberate.sampling import SampleOutput
 from deliberate.training import cpu_rng, random_crop_flip
 from tests.test_practice import CONFIGS, TIMING_KEYS, generator, needs_data  # noqa: F401
@@ -190,3 +191,17 @@ def test_two_ranks_killed_and_resumed_make_the_one_process_pool(
     _assert_same_decisions(ma, mb)
     # Global batch, global BatchNorm, averaged gradients: the first 10 steps agree to rounding.
     assert ma[0]["train_loss"] == pytest.approx(mb[0]["train_loss"], rel=1e-6)
+
+
+def test_only_rank_0_cleans_temp_files_when_claiming(tmp_path):
+    """Rank 1 claims the run folder while rank 0 already writes pool.json via a temp file (a
+    race CI caught): a claim with clean=False must leave every temp file alone."""
+    rd = RunDir(tmp_path / "run")
+    rd.claim({"seed": 0})
+    writing = tmp_path / "run" / "pool" / ".pool.json.123.tmp"
+    writing.parent.mkdir()
+    writing.write_bytes(b"half")
+    rd.claim({"seed": 0}, clean=False)
+    assert writing.exists()
+    rd.claim({"seed": 0})  # rank 0 (or one process) resuming: leftovers of a killed writer go
+    assert not writing.exists()

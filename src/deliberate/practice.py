@@ -475,7 +475,7 @@ def run_practice(
         _check_generator_fits(backend, split)  # all checks before the first byte is written
         faults.ensure_free_space(out_dir, cfg.practice.initial * (c * h * w + 1024), "round 0")
         with distributed.main_first():  # rank 0 writes config.yaml; the others check theirs
-            rd.claim(to_dict(cfg))
+            rd.claim(to_dict(cfg), clean=distributed.is_main())
         faults.point("run.claimed")
         meta = {
             "class_names": list(backend.class_names),

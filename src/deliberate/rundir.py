@@ -51,8 +51,12 @@ class RunDir:
         self.checkpoint_file = self.root / "checkpoint.pt"
         self.metrics_file = self.root / "metrics.jsonl"
 
-    def claim(self, config: dict) -> None:
-        """Write the resolved config, or check it equals the one this folder was started with."""
+    def claim(self, config: dict, clean: bool = True) -> None:
+        """Write the resolved config, or check it equals the one this folder was started with.
+
+        `clean` deletes leftover temp files on resume; under torchrun only rank 0 may, since
+        the other ranks claim while rank 0 is already writing (pool.json, shards).
+        """
         config = json.loads(json.dumps(config))  # tuples -> lists, as YAML gives them back
         if self.config_file.exists():
             try:
@@ -69,8 +73,9 @@ class RunDir:
                     f"{_lookup(old, where)!r} there, {_lookup(config, where)!r} here); "
                     "re-run with the same config to resume, or choose another --out"
                 )
-            for tmp in self.root.rglob(".*.tmp"):  # temp files of writers killed mid-write
-                tmp.unlink()
+            if clean:  # temp files of writers killed mid-write (the one writer process only)
+                for tmp in self.root.rglob(".*.tmp"):
+                    tmp.unlink(missing_ok=True)
             return
         if self.root.exists() and not self.root.is_dir():
             raise DeliberateError(f"--out {self.root} is a file; choose a folder")
