@@ -36,6 +36,18 @@ def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
     return None if a == b else (path or "<root>")
 
 
+def _with_defaults(old: Any, defaults: Any) -> Any:
+    """`old` with the keys it lacks taken from `defaults`, recursively.
+
+    A run folder started before a config key existed holds no value for it; it ran with what is
+    now that key's default, so it resumes under a config that leaves the key at its default.
+    """
+    if not isinstance(old, dict) or not isinstance(defaults, dict):
+        return old
+    filled = {k: _with_defaults(v, defaults.get(k)) for k, v in old.items()}
+    return {**{k: v for k, v in defaults.items() if k not in old}, **filled}
+
+
 def _lookup(data: dict, dotted: str) -> Any:
     for key in dotted.split("."):
         data = data.get(key, "<absent>") if isinstance(data, dict) else "<absent>"
@@ -51,11 +63,12 @@ class RunDir:
         self.checkpoint_file = self.root / "checkpoint.pt"
         self.metrics_file = self.root / "metrics.jsonl"
 
-    def claim(self, config: dict, clean: bool = True) -> None:
+    def claim(self, config: dict, clean: bool = True, defaults: dict | None = None) -> None:
         """Write the resolved config, or check it equals the one this folder was started with.
 
         `clean` deletes leftover temp files on resume; under torchrun only rank 0 may, since
-        the other ranks claim while rank 0 is already writing (pool.json, shards).
+        the other ranks claim while rank 0 is already writing (pool.json, shards). `defaults`
+        (the config class's defaults) stand in for keys the folder's config predates.
         """
         config = json.loads(json.dumps(config))  # tuples -> lists, as YAML gives them back
         if self.config_file.exists():
@@ -66,6 +79,7 @@ class RunDir:
                 raise DeliberateError(f"{self.config_file} is unreadable ({why}); restore it") from None
             if not isinstance(old, dict):
                 raise DeliberateError(f"{self.config_file} is not a run config; restore it")
+            old = _with_defaults(old, json.loads(json.dumps(defaults or {})))
             where = _first_difference(old, config)
             if where is not None:
                 raise DeliberateError(

@@ -189,7 +189,7 @@ def run_sweep(
         cfg = load_config(cls, p.base, p.overrides)  # validates before anything runs
         folder = root / p.folder
         if folder.exists():
-            RunDir(folder).claim(to_dict(cfg))  # refuses a changed config in one line
+            RunDir(folder).claim(to_dict(cfg), defaults=to_dict(cls()))  # refuses a changed config
         done = read_summary(folder) if (folder / "config.yaml").exists() else None
         t0 = time.perf_counter()
         if done is None:
