@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from deliberate.baselines import select_top_entropy
 from deliberate.cli import main
 from deliberate.data.pool import Pool
 from deliberate.errors import DeliberateError
+from deliberate.selection import select_top_entropy
 from tests.test_practice import CONFIGS, generator, needs_data  # noqa: F401 (fixture)
 from tests.test_report import TINY
 
@@ -44,6 +44,8 @@ def test_prune_run_keeps_top_entropy_counts_discards_and_reports(tmp_path, gener
     kept = Pool(out / "train" / "pool").records()
     scorer = Pool(out / "scorer" / "pool").records()
     assert [r["seed"] for r in kept[:40]] == [r["seed"] for r in scorer]  # D_0 comes first
+    d0 = Pool(out / "scorer" / "pool").load_all()[0]
+    assert np.array_equal(Pool(out / "train" / "pool").get(range(40))[0], d0)  # same pixels
     chosen = {r["candidate_id"] for r in kept[40:]}
     assert len(chosen) == 20 and [r["round"] for r in kept[40:]] == [1] * 20
     for c in range(10):

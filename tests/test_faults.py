@@ -227,6 +227,25 @@ def test_signal_stops_at_a_safe_point_and_resumes(
     assert_same_result(reference, out)
 
 
+def test_generate_command_stops_at_a_batch_boundary_and_resumes(generator, tmp_path):
+    """`deliberate generate` honours SIGINT between batches too; the re-run completes the pool."""
+    path = generator.split(",")[0].split("=", 1)[1]
+
+    def args(out):
+        return ["generate", "--generator", path, "--per-class", "3", "--batch-size", "10",
+                "--out", str(out), "--quiet"]  # fmt: skip
+
+    assert fork_run(args(tmp_path / "ref")) == 0
+    out = tmp_path / "run"
+    assert fork_run(args(out), "generate.batch:2:INT") == 130
+    assert "stopped by SIGINT at a safe point" in (tmp_path / "run.err").read_text()
+    assert len(Pool(out)) == 10  # the first batch is kept, the second never began
+    assert fork_run(args(out)) == 0
+    ref, run = Pool(tmp_path / "ref"), Pool(out)
+    assert [r["seed"] for r in run.records()] == [r["seed"] for r in ref.records()]
+    assert np.array_equal(run.load_all()[0], ref.load_all()[0])
+
+
 @needs_data
 def test_external_sigterm_to_the_cli_process(reference, generator, tmp_path):
     """A real `python -m deliberate.cli run` gets SIGTERM from outside once training has begun."""

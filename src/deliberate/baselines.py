@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from deliberate import accounting
 from deliberate.config import field, from_dict, to_dict
@@ -32,9 +31,7 @@ from deliberate.data.fashion_mnist import load_eval_split
 from deliberate.data.pool import RESERVED, Pool, atomic_file
 from deliberate.errors import DeliberateError
 from deliberate.generate import generate_into_pool, plan
-from deliberate.generators.base import to_uint8
 from deliberate.generators.pixel import load_pixel_backend
-from deliberate.learner import predictive_entropy, to_float01
 from deliberate.practice import (
     ROUND_STRIDE,
     LoopState,
@@ -45,10 +42,12 @@ from deliberate.practice import (
 )
 from deliberate.rundir import RunDir
 from deliberate.sampling import sample
+from deliberate.selection import score_stored, select_top_entropy
 from deliberate.summary import finish_summary, write_summary
 
 CANDIDATE_ROUND = 90  # candidate seeds: seed * 1e9 + 90 * 1e7 + index, apart from DP's rounds
-MAX_CANDIDATES = 10 * ROUND_STRIDE  # seeds 90e7 .. 99.99e7 stay inside the run's seed block
+MAX_CANDIDATES = 10 * ROUND_STRIDE
+COPY_CHUNK = 4096  # D_0 images per shard when copied into the final learner's pool  # seeds 90e7 .. 99.99e7 stay inside the run's seed block
 
 
 @dataclass
@@ -103,28 +102,6 @@ def final_config(cfg: PruneConfig) -> PracticeConfig:
     return from_dict(PracticeConfig, _practice_dict(cfg, n, cfg.learner.iterations))
 
 
-def select_top_entropy(
-    entropy: np.ndarray, labels: np.ndarray, keep: int, num_classes: int
-) -> np.ndarray:
-    """Indices of the `keep` highest-entropy items, as equal per class as `keep` allows.
-
-    Each class gets keep // num_classes (the first keep % num_classes classes one more); within
-    a class, ties go to the lower index. Returns indices in increasing order.
-    """
-    entropy, labels = np.asarray(entropy, float), np.asarray(labels)
-    quota = [keep // num_classes + (c < keep % num_classes) for c in range(num_classes)]
-    chosen = []
-    for c in range(num_classes):
-        idx = np.flatnonzero(labels == c)
-        if len(idx) < quota[c]:
-            raise DeliberateError(
-                f"prune: class {c} has {len(idx)} candidates but needs {quota[c]}; raise ratio"
-            )
-        order = np.argsort(-entropy[idx], kind="stable")  # descending, stable on ties
-        chosen.append(idx[order[: quota[c]]])
-    return np.sort(np.concatenate(chosen))
-
-
 def _scorer(cfg: PracticeConfig, backend, split, root: Path):
     """The scorer's EMA learner, loaded from its finished run folder."""
     run = _Run(cfg, backend, split, Pool(root / "pool"), RunDir(root), False, None)
@@ -142,11 +119,7 @@ def _candidates(cfg: PruneConfig, backend, scorer, pool: Pool, progress: bool) -
 
     def sample_fn(labels, seeds):
         out = sample(backend, labels, seeds, **asdict(s))
-        stored = to_float01(to_uint8(out.images.cpu())).to(cfg.device)
-        with torch.no_grad():
-            logits = scorer(stored)
-        out.extras["entropy"] = predictive_entropy(logits).cpu()
-        out.extras["learner_pred"] = logits.argmax(-1).cpu()
+        out.extras.update(score_stored(scorer, out.images, cfg.device))
         return out
 
     t0 = time.perf_counter()
@@ -167,11 +140,16 @@ def _plain_records(records: list[dict]) -> list[dict]:
 
 
 def _fill_train_pool(pool: Pool, scorer_pool: Pool, cands: Pool, chosen, keep_initial: bool):
-    """Copy D_0 (optional) then the selected candidates into the final pool, once each."""
+    """Copy D_0 (optional) then the selected candidates into the final pool, once each.
+
+    D_0 goes over in chunks read through the memory-mapped view, so it never sits in RAM whole;
+    each chunk is one atomic shard, and a re-run continues after the last one written."""
     n0 = len(scorer_pool) if keep_initial else 0
-    if keep_initial and len(pool) == 0:
-        images, _ = scorer_pool.load_all()
-        pool.append(images, _plain_records(scorer_pool.records()))
+    if len(pool) < n0:
+        view, rows = scorer_pool.images_view(), _plain_records(scorer_pool.records())
+        for start in range(len(pool), n0, COPY_CHUNK):
+            stop = min(start + COPY_CHUNK, n0)
+            pool.append(np.asarray(view[start:stop]), rows[start:stop])
     if len(pool) == n0:
         images, _ = cands.get(chosen)
         rows = cands.records()
@@ -185,7 +163,7 @@ def run_prune(cfg: PruneConfig, out_dir: str | Path, progress: bool = True, call
     """Run (or resume) oversample-then-prune in `out_dir`; returns its summary."""
     cfg.validate()
     rd = RunDir(out_dir)
-    rd.claim(to_dict(cfg))
+    rd.claim(to_dict(cfg), defaults=to_dict(PruneConfig()))
     root = rd.root
     score_cfg, train_cfg = scorer_config(cfg), final_config(cfg)
     scorer_root = Path(cfg.prune.scorer_dir) if cfg.prune.scorer_dir else root / "scorer"
@@ -211,7 +189,7 @@ def run_prune(cfg: PruneConfig, out_dir: str | Path, progress: bool = True, call
             f.write(json.dumps({"candidate_ids": chosen.tolist()}).encode())
 
         trd = RunDir(root / "train")
-        trd.claim(to_dict(train_cfg))
+        trd.claim(to_dict(train_cfg), defaults=to_dict(PracticeConfig()))
         pool = Pool.open_or_create(trd.root / "pool", scorer_pool.meta)
         _fill_train_pool(pool, scorer_pool, cands, chosen, cfg.prune.keep_initial)
         run = _Run(train_cfg, backend, split, pool, trd, progress, callback)

@@ -61,16 +61,15 @@ def cmd_train_generator(args) -> int:
 def cmd_generate(args) -> int:
     import torch
 
-    from deliberate import distributed
+    from deliberate import distributed, faults
     from deliberate.data.imagefolder import ClassList, read_class_file
     from deliberate.data.pool import Pool
     from deliberate.generate import SamplerSettings, check_classes, generate_into_pool, plan
-    from deliberate.generators.base import to_uint8
     from deliberate.generators.latent import LatentSettings, load_backend
-    from deliberate.learner import to_float01
     from deliberate.practice import GeneratorSettings
     from deliberate.report import save_sample_grid
     from deliberate.sampling import sample
+    from deliberate.selection import score_stored
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -114,24 +113,27 @@ def cmd_generate(args) -> int:
         raise DeliberateError("--omega and --criterion need --learner RUN_DIR_OR_CHECKPOINT")
 
     def sample_fn(labels, seeds):
+        faults.point("generate.batch")
+        if faults.stop_requested():  # SIGINT/SIGTERM: every earlier batch is in the pool
+            raise faults.Interrupted(faults.stop_requested(), "re-run the same command to resume")
         out = sample(backend, labels, seeds, **dataclasses.asdict(settings), guidance=hook,
                      guided_steps=guided)  # fmt: skip
         if hook is not None:  # the guiding learner's entropy on the image as stored (uint8)
-            with torch.no_grad():
-                stored = to_float01(to_uint8(out.images.cpu())).to(args.device)
-                out.extras["entropy"] = learner.entropy(stored).cpu()
+            out.extras.update(score_stored(learner, out.images, args.device))
         return out
 
-    stats = generate_into_pool(
-        backend,
-        pool,
-        pairs,
-        settings,
-        batch_size=args.batch_size,
-        extra=extra,
-        sample_fn=sample_fn,
-        progress=not args.quiet,
-    )
+    faults.ensure_free_space(args.out, len(pairs) * (c * h * w + 1024), f"{len(pairs)} images")
+    with faults.graceful_stop():
+        stats = generate_into_pool(
+            backend,
+            pool,
+            pairs,
+            settings,
+            batch_size=args.batch_size,
+            extra=extra,
+            sample_fn=sample_fn,
+            progress=not args.quiet,
+        )
     if not distributed.is_main():
         return 0  # rank 0 writes the grid and prints
     # The grid shows the request's first images of each class, read back from the pool.

@@ -58,6 +58,9 @@ def label_of(kind: str, cfg: dict, summary: dict) -> tuple[str, str]:
     p, omega = cfg["practice"], cfg["guidance"]["omega"]
     if p["per_round"] == 0:  # sizes differ within a sweep: each is its own setting
         return "static", f"static {p['max_images']:,}"
+    if p.get("oversample", 1) > 1:  # Fig. 5's protocol: candidates scored by the one learner
+        label = f"prune in loop R={p['oversample']:g}" + (f", ω={omega:g}" if omega else "")
+        return "prune in loop", label
     method = "DP ω=0" if omega == 0 else "DP"
     label = f"DP ω={omega:g}"
     if p["patience_mode"] != "incremental":
@@ -143,7 +146,8 @@ def _series(points) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return xs, np.array([m for m, _ in stats]), np.array([s for _, s in stats])
 
 
-STYLE = {"static": ("C0", "o"), "DP": ("C3", "s"), "DP ω=0": ("C2", "^"), "prune": ("C1", "D")}
+STYLE = {"static": ("C0", "o"), "DP": ("C3", "s"), "DP ω=0": ("C2", "^"), "prune": ("C1", "D"),
+         "prune in loop": ("C5", "P")}  # fmt: skip
 
 
 def _plot_series(ax, points, label, method, **kw):
@@ -191,14 +195,24 @@ def plot_scaling(runs: list[dict], path: Path) -> Path | None:
 
 
 def plot_prune(runs: list[dict], path: Path) -> Path | None:
-    """Fig. 5a: prune accuracy vs oversampling ratio; DP and static as reference lines."""
+    """Fig. 5a: prune accuracy vs oversampling ratio; DP and static as reference lines.
+
+    Two prune protocols may appear: the separate baseline (`deliberate prune`: a scorer, then a
+    fresh learner) and the in-loop one (`practice.oversample`: the learner scores its rounds)."""
     prune = [r for r in runs if r["kind"] == "prune"]
-    if not prune:
+    in_loop = [r for r in runs if r["method"] == "prune in loop"]
+    if not prune and not in_loop:
         return None
     fig, (ax,) = _figure(8, 5)
-    _plot_series(ax, [(r["summary"]["ratio"], r["summary"]["test_acc"]) for r in prune],
-                 "oversample-then-prune", "prune")  # fmt: skip
-    for i, (label, group) in enumerate(_groups([r for r in runs if r["kind"] != "prune"]).items()):
+    if prune:
+        _plot_series(ax, [(r["summary"]["ratio"], r["summary"]["test_acc"]) for r in prune],
+                     "oversample-then-prune (scorer, then a fresh learner)", "prune")  # fmt: skip
+    if in_loop:
+        points = [(r["config"]["practice"]["oversample"], r["summary"]["test_acc"]) for r in in_loop]
+        _plot_series(ax, points, "prune in loop (the learner selects its rounds)", "prune in loop")
+    prune += in_loop
+    refs = [r for r in runs if r["kind"] != "prune" and r["method"] != "prune in loop"]
+    for i, (label, group) in enumerate(_groups(refs).items()):
         m, _ = _ms([r["summary"]["test_acc"] for r in group])
         pools = sorted({r["summary"]["pool_size"] for r in group})
         color = STYLE.get(group[0]["method"], ("C4",))[0] if i < 6 else None
@@ -207,7 +221,8 @@ def plot_prune(runs: list[dict], path: Path) -> Path | None:
     ax.set_xscale("log", base=2)
     from matplotlib.ticker import ScalarFormatter
 
-    ax.set_xticks(sorted({r["summary"]["ratio"] for r in prune}))
+    ratios = [r["summary"].get("ratio") or r["config"]["practice"]["oversample"] for r in prune]
+    ax.set_xticks(sorted(set(ratios)))
     ax.xaxis.set_major_formatter(ScalarFormatter())
     sel = sorted({r["summary"]["pool_size"] for r in prune})
     _finish(ax, f"Oversample-then-prune: accuracy vs oversampling ratio (selected pool {sel})",

@@ -38,9 +38,10 @@ from deliberate.generate import SamplerSettings, generate_into_pool, plan
 from deliberate.generators.base import to_uint8
 from deliberate.generators.latent import KINDS, LatentSettings, load_backend
 from deliberate.guidance import GuidanceSettings, guided_sampler_kwargs, learner_fingerprint
-from deliberate.learner import ARCHS, build_learner, evaluate, predictive_entropy, to_float01
+from deliberate.learner import ARCHS, build_learner, evaluate, to_float01
 from deliberate.rundir import RunDir
-from deliberate.sampling import SCHEDULERS, sample
+from deliberate.sampling import SCHEDULERS, SampleOutput, sample
+from deliberate.selection import score_stored, select_top_entropy
 from deliberate.training import TrainConfig, Trainer, cpu_rng, uniform_sampler
 
 ROUND_STRIDE = 10_000_000  # image seed = seed * 1e9 + round * ROUND_STRIDE + index (generate.plan)
@@ -88,7 +89,12 @@ class LearnerSettings:
         """The TrainConfig of this recipe (validates it)."""
         own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         del own["arch"], own["input_size"]
-        return TrainConfig(**own, eval_every=eval_every, seed=seed)
+        try:
+            return TrainConfig(**own, eval_every=eval_every, seed=seed)
+        except DeliberateError as e:  # name the config key the user wrote, not the class
+            key = str(e).removeprefix("TrainConfig.")
+            where = "practice." if key.startswith("eval_every") else "learner."
+            raise DeliberateError(where + key) from None
 
 
 @dataclass
@@ -107,6 +113,12 @@ class LoopSettings:
     eval_every: int = field(100, "tau: optimiser steps between evaluations", ge=1)
     test_every: int = field(1, "test-set eval every k-th evaluation (+ the last); 0 = last", ge=0)
     new_data_weight: float = field(1.0, "sampling weight of the newest round (Table 3: 2)", gt=0)
+    oversample: float = field(
+        1.0,
+        "R: rounds k >= 1 sample R x P candidates and keep the P highest-entropy per class for "
+        "the current learner (Fig. 5's one-learner prune protocol; 1 = keep all)",
+        ge=1,
+    )
     branch_outs: bool = field(False, "fork before each addition; finish forks without new data")
 
 
@@ -145,7 +157,8 @@ class PracticeConfig:
                 f"practice.max_images={p.max_images} is below initial={p.initial}"
             )
         rounds = -(-(p.max_images - p.initial) // p.per_round) if p.per_round else 0
-        if max(p.initial, p.per_round) >= ROUND_STRIDE or rounds > MAX_ROUNDS:
+        biggest = max(p.initial, round(p.oversample * p.per_round))  # seeds of one round
+        if biggest >= ROUND_STRIDE or rounds > MAX_ROUNDS:
             raise DeliberateError(f"practice: at most {MAX_ROUNDS} rounds of < 1e7 images each")
 
 
@@ -232,7 +245,8 @@ class _Run:
         need = n * (int(np.prod(backend.image_shape)) + 1024) + ckpt_bytes
         faults.ensure_free_space(self.rd.root, need, f"round {k} ({n} images + checkpoint)")
         classes = range(backend.num_classes)
-        pairs = plan(classes, -(-n // len(classes)), cfg.seed, k * ROUND_STRIDE)[:n]
+        m = round(p.oversample * n) if k else n  # candidates; the n best are kept (Fig. 5)
+        pairs = plan(classes, -(-m // len(classes)), cfg.seed, k * ROUND_STRIDE)[:m]
         learner = self.trainer.ema  # the evaluated weights decide AND guide (module docstring)
         hook, steps = guided_sampler_kwargs(backend, learner if k else None, cfg.guidance, s.steps)
         hook = hook and accounting.TimedHook(hook, st.ledger)
@@ -253,18 +267,17 @@ class _Run:
                     f"the generator produced NaN/inf pixels for seeds {seeds[0]}..; nothing of "
                     "this batch was written: check generator.path and its weights"
                 )
-            if k:  # the learner's entropy on the image exactly as stored (uint8)
-                stored = to_float01(to_uint8(out.images.cpu())).to(cfg.device)
-                with torch.no_grad():
-                    logits = learner(stored)
-                out.extras["entropy"] = predictive_entropy(logits).cpu()
-                out.extras["learner_pred"] = logits.argmax(-1).cpu()  # Fig. 6: error when added
+            if k:  # entropy (and, for Fig. 6, the prediction) on the image exactly as stored
+                out.extras.update(score_stored(learner, out.images, cfg.device))
                 skips = hook.skipped_per_row if hook else None  # kept per image: resume-safe
                 out.extras["guidance_skipped"] = torch.zeros(len(seeds)) if skips is None else skips
             faults.point("generate.sampled")
             return out
 
         t0 = time.perf_counter()
+        if m > n:  # oversample, then keep the n highest-entropy candidates (same seeds if m = n)
+            pairs, sample_fn = self.select_candidates(k, pairs, n, sample_fn)
+            extra["oversample"] = p.oversample
         generate_into_pool(
             backend,
             self.pool,
@@ -277,10 +290,11 @@ class _Run:
         )
         faults.point("round.generated")
         led = st.ledger  # counted from the request, so a resumed round adds up the same
-        led["denoiser_evals"] += n * (s.steps * (2 if s.cfg else 1) + len(steps))
-        led["guidance_backward"] += n * len(steps)
+        led["denoiser_evals"] += m * (s.steps * (2 if s.cfg else 1) + len(steps))
+        led["guidance_backward"] += m * len(steps)
         led["seconds_generate"] += time.perf_counter() - t0
-        accounting.add(led, images_generated=n, learner_score_images=n if k else 0)
+        accounting.add(led, images_generated=m, learner_score_images=m if k else 0)
+        accounting.add(led, images_discarded=m - n)
         if hook is not None and distributed.is_main():
             self.save_twins(k, learner)
         st.round, st.pending, st.pool_size, st.patience = k, False, len(self.pool), 0
@@ -290,6 +304,44 @@ class _Run:
         st.last_entropy = float(np.mean(entropies)) if k else None
         self.checkpoint()
         self.sampler = None
+
+    def select_candidates(self, k: int, candidates: list, n: int, sample_fn):
+        """Sample every candidate of round k, keep the n highest-entropy per class.
+
+        Returns the kept (label, seed) pairs and a sample_fn that hands back their images, so
+        the pool is written the usual way. Nothing is written before the selection is made: an
+        interrupted round samples its candidates again (same seeds, same learner, same choice).
+        The candidates are held in memory as uint8 until the choice: fine for laptop-scale
+        rounds; at ImageNet scale use `deliberate prune`, which stores them in a pool.
+        """
+        if distributed.world_size() > 1:
+            raise DeliberateError(
+                "practice.oversample > 1 runs in one process only; drop torchrun or set it to 1"
+            )
+        size = self.cfg.generator.batch_size
+        kept: dict[int, tuple] = {}  # seed -> (uint8 image, extras)
+        images, scores, labels = [], [], []
+        batches = [candidates[i : i + size] for i in range(0, len(candidates), size)]
+        desc = f"round {k} candidates (R={self.cfg.practice.oversample:g})"
+        for chunk in tqdm(batches, desc=desc, unit="batch", disable=not self.progress):
+            out = sample_fn(torch.tensor([y for y, _ in chunk]), [s for _, s in chunk])
+            images.append(to_uint8(out.images.cpu()))
+            scores.append(out.extras)
+            labels += [y for y, _ in chunk]
+        images = torch.cat(images)
+        extras = {key: torch.cat([e[key] for e in scores]) for key in scores[0]}
+        chosen = select_top_entropy(extras["entropy"].numpy(), np.array(labels), n,
+                                    self.backend.num_classes)  # fmt: skip
+        for i in chosen:
+            kept[candidates[i][1]] = (images[i], {key: v[i] for key, v in extras.items()})
+
+        def replay(labels, seeds):  # the chosen candidates, exactly as sampled and scored
+            rows = [kept[s] for s in seeds]
+            out = SampleOutput(to_float01(torch.stack([im for im, _ in rows])))
+            out.extras = {key: torch.stack([e[key] for _, e in rows]) for key in extras}
+            return out
+
+        return [candidates[i] for i in chosen], replay
 
     def save_twins(self, k: int, learner) -> None:
         """Round k's first guided images per class and their plain (omega = 0) twins: same seeds,
@@ -475,7 +527,7 @@ def run_practice(
         _check_generator_fits(backend, split)  # all checks before the first byte is written
         faults.ensure_free_space(out_dir, cfg.practice.initial * (c * h * w + 1024), "round 0")
         with distributed.main_first():  # rank 0 writes config.yaml; the others check theirs
-            rd.claim(to_dict(cfg), clean=distributed.is_main())
+            rd.claim(to_dict(cfg), clean=distributed.is_main(), defaults=to_dict(type(cfg)()))
         faults.point("run.claimed")
         meta = {
             "class_names": list(backend.class_names),

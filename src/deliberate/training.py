@@ -62,24 +62,27 @@ class TrainConfig:
 
     def __post_init__(self):
         self.betas = tuple(self.betas)  # YAML gives lists
-        checks = {
-            "iterations": self.iterations >= 1,
-            "batch_size": self.batch_size >= 1,
-            "lr": self.lr > 0,
-            "weight_decay": self.weight_decay >= 0,
-            "betas": len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
-            "warmup_frac": 0 <= self.warmup_frac <= 1,
-            "cooldown_frac": 0 <= self.cooldown_frac <= 1 - self.warmup_frac,
-            "ema_decay": 0 <= self.ema_decay < 1,
-            "label_smoothing": 0 <= self.label_smoothing < 1,
-            "mixup_alpha": self.mixup_alpha >= 0,
-            "cutmix_alpha": self.cutmix_alpha >= 0,
-            "eval_every": self.eval_every >= 1,
-        }
-        for name, ok in checks.items():
+        checks = {  # name: (ok, the allowed range)
+            "iterations": (self.iterations >= 1, ">= 1"),
+            "batch_size": (self.batch_size >= 1, ">= 1"),
+            "lr": (self.lr > 0, "> 0"),
+            "weight_decay": (self.weight_decay >= 0, ">= 0"),
+            "betas": (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+                      "two values in [0, 1)"),
+            "warmup_frac": (0 <= self.warmup_frac <= 1, "in [0, 1]"),
+            "cooldown_frac": (0 <= self.cooldown_frac <= 1 - self.warmup_frac,
+                              "in [0, 1 - warmup_frac]"),
+            "ema_decay": (0 <= self.ema_decay < 1, "in [0, 1)"),
+            "label_smoothing": (0 <= self.label_smoothing < 1, "in [0, 1)"),
+            "mixup_alpha": (self.mixup_alpha >= 0, ">= 0"),
+            "cutmix_alpha": (self.cutmix_alpha >= 0, ">= 0"),
+            "eval_every": (self.eval_every >= 1, ">= 1"),
+        }  # fmt: skip
+        for name, (ok, allowed) in checks.items():
             if not ok:
                 raise DeliberateError(
-                    f"TrainConfig.{name} = {getattr(self, name)!r} is out of range"
+                    f"TrainConfig.{name} = {getattr(self, name)!r} is out of range (must be "
+                    f"{allowed})"
                 )
 
 
