@@ -1,83 +1,99 @@
-"""The headline ratio (issue 4): how many fewer generated images DP needs to match static.
+"""The headline ratio (issue 4; Fig. 4 / SPEC §5.4): DP's images to reach the best static accuracy.
 
-Usage: python benchmarks/headline.py --static RUN_DIR... --dp RUN_DIR...
+Usage: python benchmarks/headline.py RUN_OR_SWEEP_DIR...
+       (e.g. the folders of `deliberate sweep configs/fmnist/headline.yaml`)
 
-Reads each finished run's last metrics row (real test accuracy on the 9,000 images, final pool
-size); groups static runs by pool size and averages over seeds. Two numbers:
+Reads each finished run's summary: static runs (`per_round: 0`) and DP runs (ω > 0, no
+oversampling) are grouped by final pool size and averaged over seeds; other runs are ignored.
+Each method's curve is its per-size mean accuracy made monotone (more images never count as
+worse: noise aside), interpolated linearly in log pool size. The paper's ratio (§5.1: "DP reaches
+the best static accuracy with 400k images, 7.5x less data") is
 
-* **match ratio**: (smallest static pool reaching the best static mean accuracy) / (DP's mean
-  pool), when DP's mean accuracy reaches that best static mean; otherwise "not reached".
-* **equivalent static pool**: the static pool size at which the static curve (piecewise linear
-  in log pool size, through the per-size means) reaches DP's mean accuracy, divided by DP's pool.
-  Beyond the largest static size it is reported as "> largest / DP pool".
+    ratio = (smallest static pool reaching the best static mean) / (DP pool reaching that mean)
+
+and, the other way round, the static pool that equals each DP point's accuracy.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-def last_row(run: Path) -> dict:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
-    if not rows or rows[-1].get("test_acc") is None:
-        raise SystemExit(f"{run}: not finished (no final test accuracy)")
-    return rows[-1]
+from deliberate.compare import expand_dirs, load_run  # noqa: E402
+from deliberate.errors import DeliberateError  # noqa: E402
 
 
 def fmt(values: list[float]) -> str:
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):.2f} ± {100 * sd:.2f} (n={len(values)})"
+    return f"{100 * statistics.mean(values):.2f} ± {100 * sd:.2f}"
 
 
-def equivalent_static(curve: list[tuple[int, float]], acc: float) -> tuple[float, str]:
-    """Static pool size reaching `acc`, interpolated in log size; (size, qualifier)."""
+def envelope(groups: dict[int, list[float]]) -> list[tuple[int, float]]:
+    """(pool, best mean so far) by increasing pool: the monotone curve."""
+    curve, best = [], -1.0
+    for n in sorted(groups):
+        best = max(best, statistics.mean(groups[n]))
+        curve.append((n, best))
+    return curve
+
+
+def pool_reaching(curve: list[tuple[int, float]], acc: float) -> float | None:
+    """Pool size at which the curve first reaches `acc` (log-linear); None when it never does."""
     if acc <= curve[0][1]:
-        return curve[0][0], "<="
+        return float(curve[0][0])
     for (n0, a0), (n1, a1) in zip(curve, curve[1:], strict=False):
         if a0 < acc <= a1:
             t = (acc - a0) / (a1 - a0)
-            return math.exp(math.log(n0) + t * (math.log(n1) - math.log(n0))), "="
-    return curve[-1][0], ">"
+            return math.exp(math.log(n0) + t * (math.log(n1) - math.log(n0)))
+    return None
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--static", nargs="+", type=Path, required=True, help="static run folders")
-    ap.add_argument("--dp", nargs="+", type=Path, required=True, help="DP run folders (seeds)")
+    ap.add_argument("runs", nargs="+", type=Path, help="run or sweep folders")
     args = ap.parse_args()
-    by_size = defaultdict(list)
-    for run in args.static:
-        row = last_row(run)
-        by_size[row["pool_size"]].append(row["test_acc"])
-    dp_rows = [last_row(run) for run in args.dp]
-    dp_acc = [r["test_acc"] for r in dp_rows]
-    dp_pool = statistics.mean(r["pool_size"] for r in dp_rows)
-    print("| run | pool | real test (9k) % |\n|---|---|---|")
-    for n in sorted(by_size):
-        print(f"| static | {n:,} | {fmt(by_size[n])} |")
-    print(f"| DP | {dp_pool:,.0f} | {fmt(dp_acc)} |")
-    # A monotone envelope: more static images never count as worse than fewer (noise aside).
-    curve, best = [], -1.0
-    for n in sorted(by_size):
-        best = max(best, statistics.mean(by_size[n]))
-        curve.append((n, best))
-    best_n = next(n for n, a in curve if a == best)
-    dp_mean = statistics.mean(dp_acc)
-    print(f"\nbest static: {100 * best:.2f} % at {best_n:,} images (largest tried: {curve[-1][0]:,})")
-    if dp_mean >= best:
-        print(f"match ratio: DP reaches it with {best_n / dp_pool:.2f}x fewer images")
+    groups = {"static": defaultdict(list), "DP": defaultdict(list)}
+    seeds = {"static": defaultdict(list), "DP": defaultdict(list)}
+    for folder in expand_dirs(args.runs):
+        try:
+            run = load_run(folder)
+        except DeliberateError as e:
+            print(f"skipped: {e}", file=sys.stderr)
+            continue
+        if run["kind"] == "practice" and run["method"] in groups:
+            groups[run["method"]][run["summary"]["pool_size"]].append(run["summary"]["test_acc"])
+            seeds[run["method"]][run["summary"]["pool_size"]].append(run["seed"])
+    if not groups["static"] or not groups["DP"]:
+        raise SystemExit("need finished static runs (per_round 0) and DP runs (omega > 0)")
+    print("| method | pool | real test (9k) %, mean ± sd | seeds |\n|---|---|---|---|")
+    for method, by_size in groups.items():
+        for n in sorted(by_size):
+            s = ", ".join(map(str, sorted(seeds[method][n])))
+            print(f"| {method} | {n:,} | {fmt(by_size[n])} | {s} |")
+    static, dp = envelope(groups["static"]), envelope(groups["DP"])
+    best = static[-1][1]
+    best_n = next(n for n, a in static if a == best)
+    print(f"\nbest static: {100 * best:.2f} % at {best_n:,} images (largest: {static[-1][0]:,})")
+    need = pool_reaching(dp, best)
+    if need is None:
+        print(f"DP never reaches it: best DP {100 * dp[-1][1]:.2f} % at {dp[-1][0]:,} images")
     else:
-        print(f"match ratio: not reached (DP {100 * dp_mean:.2f} % < best static)")
-    size, how = equivalent_static(curve, dp_mean)
-    how = "" if how == "=" else how + " "
-    print(f"equivalent static pool: {how}{size:,.0f} images, {how}{size / dp_pool:.2f}x DP's pool")
+        print(f"DP reaches it with {need:,.0f} images: **{best_n / need:.2f}x fewer** (paper 3.4x)")
+    print("\n| DP pool | DP % | static pool with that accuracy | static / DP |\n|---|---|---|---|")
+    for n, a in dp:
+        eq = pool_reaching(static, a)
+        if eq is None:
+            print(f"| {n:,} | {100 * a:.2f} | > {static[-1][0]:,} | > {static[-1][0] / n:.2f}x |")
+        else:
+            print(f"| {n:,} | {100 * a:.2f} | {eq:,.0f} | {eq / n:.2f}x |")
 
 
 if __name__ == "__main__":
