@@ -8,6 +8,7 @@ import yaml
 from PIL import Image
 
 from deliberate.cli import main
+from deliberate.compare import scaling_lines
 from deliberate.data.fashion_mnist import load_eval_split
 from deliberate.errors import DeliberateError
 from deliberate.shifted import SHIFTS, shift_images, shifted_suite
@@ -139,3 +140,19 @@ def test_cost_table_compares_prune_and_dp_at_the_same_pool():
     table = cost_table(runs)
     assert table[2:] == ["| DP ω=0.02 | prune R=8 | 2500 | +3.00 | 5.00× |"]  # ω=0.1: other pool
     assert cost_table(runs[1:]) == []
+
+
+def test_scaling_plot_joins_static_sizes_into_one_curve():
+    def run(method, label, size, acc, branches=()):
+        summary = {"pool_size": size, "images_generated": size, "test_acc": acc,
+                   "branches": [{"pool_size": n, "test_acc": a} for n, a in branches]}  # fmt: skip
+        return {"method": method, "label": label, "summary": summary}
+
+    runs = [
+        run("static", f"static {n:,}", n, a) for n, a in ((500, 0.7), (1000, 0.75), (1000, 0.77))
+    ]
+    runs += [run("DP", "DP ω=0.04", 1000, 0.8, branches=[(500, 0.72)])]
+    lines = scaling_lines(runs)
+    assert lines["static"] == ("static", [(500, 0.7), (1000, 0.75), (1000, 0.77)])
+    assert lines["DP ω=0.04"] == ("DP", [(1000, 0.8), (500, 0.72)])
+    assert len(lines) == 2

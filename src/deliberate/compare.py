@@ -175,19 +175,28 @@ def _generated(run: dict) -> int:
     return int(s.get("images_generated") or s["pool_size"])
 
 
+def scaling_lines(runs: list[dict]) -> dict[str, tuple[str, list[tuple[int, float]]]]:
+    """Fig. 4's curves: label -> (method, [(generated images, test accuracy)]).
+
+    All static sizes form one curve; every other setting (its label) one curve, with a point per
+    final pool size and per branch-out. Equal x are seeds, averaged when plotted."""
+    lines: dict[str, tuple[str, list]] = {}
+    for r in runs:
+        label = "static" if r["method"] == "static" else r["label"]
+        points = lines.setdefault(label, (r["method"], []))[1]
+        points.append((_generated(r), r["summary"]["test_acc"]))
+        points += [(b["pool_size"], b["test_acc"]) for b in r["summary"].get("branches", [])]
+    return lines
+
+
 def plot_scaling(runs: list[dict], path: Path) -> Path | None:
     """Fig. 4: real test accuracy vs generated images (DP's branch-outs add points)."""
-    fig, (ax,) = _figure(8, 5)
-    drawn = False
-    for label, group in _groups(runs).items():
-        method = group[0]["method"]
-        pts = [(_generated(r), r["summary"]["test_acc"]) for r in group]
-        for r in group:
-            pts += [(b["pool_size"], b["test_acc"]) for b in r["summary"].get("branches", [])]
-        _plot_series(ax, pts, label, method, ls="-" if method != "prune" else ":")
-        drawn = True
-    if not drawn:
+    lines = scaling_lines(runs)
+    if not lines:
         return None
+    fig, (ax,) = _figure(8, 5)
+    for label, (method, points) in lines.items():
+        _plot_series(ax, points, label, method, ls="-" if method != "prune" else ":")
     ax.set_xscale("log")
     _finish(ax, "Scaling: accuracy vs number of generated images (Fig. 4 analogue)",
             "generated images (log scale; DP: final pool and branch-outs; prune: candidates + N)")  # fmt: skip
