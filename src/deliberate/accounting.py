@@ -13,8 +13,9 @@ Every metrics row of a practice run carries the ledger so far (`practice.LEDGER`
     seconds_train         wall seconds in optimiser steps
     seconds_eval          wall seconds evaluating
 
-plus `learner_images` (optimiser steps x batch: the training images seen). A summary adds
-`images_discarded` (oversample-then-prune) and `generation_compute`.
+plus `learner_images` (optimiser steps x batch: the training images seen) and
+`images_discarded` (candidates sampled and scored but not kept: `practice.oversample` rounds and
+the prune baseline). A summary adds `generation_compute`.
 
 `generation_compute` is the cost of making the training pool, in denoiser-evaluation
 equivalents (Fig. 5d's x-axis). A guided step re-runs the denoiser with gradients (one of the

@@ -293,8 +293,8 @@ class _Run:
         led["denoiser_evals"] += m * (s.steps * (2 if s.cfg else 1) + len(steps))
         led["guidance_backward"] += m * len(steps)
         led["seconds_generate"] += time.perf_counter() - t0
-        accounting.add(led, images_generated=m, learner_score_images=m if k else 0)
-        accounting.add(led, images_discarded=m - n)
+        accounting.add(led, images_generated=m, learner_score_images=m if k else 0,
+                       images_discarded=m - n)  # fmt: skip
         if hook is not None and distributed.is_main():
             self.save_twins(k, learner)
         st.round, st.pending, st.pool_size, st.patience = k, False, len(self.pool), 0
@@ -319,7 +319,6 @@ class _Run:
                 "practice.oversample > 1 runs in one process only; drop torchrun or set it to 1"
             )
         size = self.cfg.generator.batch_size
-        kept: dict[int, tuple] = {}  # seed -> (uint8 image, extras)
         images, scores, labels = [], [], []
         batches = [candidates[i : i + size] for i in range(0, len(candidates), size)]
         desc = f"round {k} candidates (R={self.cfg.practice.oversample:g})"
@@ -332,8 +331,9 @@ class _Run:
         extras = {key: torch.cat([e[key] for e in scores]) for key in scores[0]}
         chosen = select_top_entropy(extras["entropy"].numpy(), np.array(labels), n,
                                     self.backend.num_classes)  # fmt: skip
-        for i in chosen:
-            kept[candidates[i][1]] = (images[i], {key: v[i] for key, v in extras.items()})
+        kept = {  # seed -> (uint8 image, its extras)
+            candidates[i][1]: (images[i], {key: v[i] for key, v in extras.items()}) for i in chosen
+        }
 
         def replay(labels, seeds):  # the chosen candidates, exactly as sampled and scored
             rows = [kept[s] for s in seeds]
