@@ -46,8 +46,8 @@ from deliberate.selection import score_stored, select_top_entropy
 from deliberate.summary import finish_summary, write_summary
 
 CANDIDATE_ROUND = 90  # candidate seeds: seed * 1e9 + 90 * 1e7 + index, apart from DP's rounds
-MAX_CANDIDATES = 10 * ROUND_STRIDE
-COPY_CHUNK = 4096  # D_0 images per shard when copied into the final learner's pool  # seeds 90e7 .. 99.99e7 stay inside the run's seed block
+MAX_CANDIDATES = 10 * ROUND_STRIDE  # seeds 90e7 .. 99.99e7 stay inside the run's seed block
+COPY_CHUNK = 4096  # D_0 images per shard when copied into the final learner's pool
 
 
 @dataclass

@@ -114,8 +114,7 @@ def cmd_generate(args) -> int:
 
     def sample_fn(labels, seeds):
         faults.point("generate.batch")
-        if faults.stop_requested():  # SIGINT/SIGTERM: every earlier batch is in the pool
-            raise faults.Interrupted(faults.stop_requested(), "re-run the same command to resume")
+        faults.raise_if_stopped()  # every earlier batch is in the pool: nothing to save
         out = sample(backend, labels, seeds, **dataclasses.asdict(settings), guidance=hook,
                      guided_steps=guided)  # fmt: skip
         if hook is not None:  # the guiding learner's entropy on the image as stored (uint8)

@@ -106,6 +106,7 @@ class Interrupted(Exception):
 
 
 _requested: int | None = None
+RESUME = "re-run the same command to resume"  # what the one-line stop message advises
 
 
 def stop_requested() -> int | None:
@@ -113,10 +114,16 @@ def stop_requested() -> int | None:
     return _requested
 
 
+def raise_if_stopped() -> None:
+    """At a safe point with nothing left to save: stop here if SIGINT/SIGTERM arrived."""
+    if _requested is not None:
+        raise Interrupted(_requested, RESUME)
+
+
 def _on_signal(signum, frame) -> None:
     global _requested
     if _requested is not None:  # impatient: a second signal stops right here
-        raise Interrupted(signum, "re-run the same command to resume")
+        raise Interrupted(signum, RESUME)
     _requested = signum
 
 

@@ -46,7 +46,6 @@ from deliberate.training import TrainConfig, Trainer, cpu_rng, uniform_sampler
 
 ROUND_STRIDE = 10_000_000  # image seed = seed * 1e9 + round * ROUND_STRIDE + index (generate.plan)
 MAX_ROUNDS = 99
-RESUME = "re-run the same command to resume"  # what SIGINT/SIGTERM's one-line message advises
 # Compute so far, logged in every metrics row: see deliberate.accounting for each key.
 LEDGER = (*accounting.COUNTS, *accounting.SECONDS)
 
@@ -256,8 +255,7 @@ class _Run:
 
         def sample_fn(labels, seeds):
             faults.point("generate.batch")
-            if faults.stop_requested():  # every earlier batch is in the pool: nothing to save
-                raise faults.Interrupted(faults.stop_requested(), RESUME)
+            faults.raise_if_stopped()  # every earlier batch is in the pool: nothing to save
             self.notify("sample", {"round": k, "seeds": seeds})
             if hook:
                 hook.skipped_per_row = None
@@ -429,7 +427,7 @@ class _Run:
                 faults.point("train.step")
                 if faults.stop_requested():  # the window's losses are in the checkpoint
                     self.checkpoint()
-                    raise faults.Interrupted(faults.stop_requested(), RESUME)
+                    faults.raise_if_stopped()
             st.ledger["seconds_train"] += time.perf_counter() - t0
             row = self.evaluate(st.losses)
             st.losses = []
