@@ -56,6 +56,7 @@ POINTS = (
     "fork.saved",  # a branch-out's fork.pt written, main checkpoint not yet
     "branch.started",  # a branch-out about to train from its fork
     "branch.finished",  # a branch-out trained, result.json not yet written
+    "budget.forked",  # a budget branch's fork.pt written, the trunk goes on
     "report.started",  # training done, report not yet written
     "report.written",  # report written, summary not yet printed
 )

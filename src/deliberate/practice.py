@@ -83,13 +83,28 @@ class LearnerSettings:
     mixup_alpha: float = field(TrainConfig.mixup_alpha, "Mixup alpha; 0 = off", ge=0)
     cutmix_alpha: float = field(TrainConfig.cutmix_alpha, "CutMix alpha; 0 = off", ge=0)
     augment: bool = field(TrainConfig.augment, "random crop (pad 2) and horizontal flip")
+    budgets: list[int] = field(
+        [],
+        "shorter iteration budgets, each cooled down from this run's stable phase (one WSD "
+        "branch per budget, docs/experiments.md); warm-up is warmup_frac of the shortest",
+    )
 
-    def train_config(self, eval_every: int, seed: int) -> TrainConfig:
-        """The TrainConfig of this recipe (validates it)."""
+    @property
+    def warmup_steps(self) -> int | None:
+        """With budget branches, the warm-up they all share: warmup_frac of the shortest."""
+        if not self.budgets:
+            return None
+        return round(self.warmup_frac * min(self.iterations, *self.budgets))
+
+    def train_config(self, eval_every: int, seed: int, iterations: int | None = None) -> TrainConfig:
+        """The TrainConfig of this recipe (validates it); `iterations`: a budget branch's."""
         own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        del own["arch"], own["input_size"]
+        del own["arch"], own["input_size"], own["budgets"]
+        if iterations is not None:
+            own["iterations"] = iterations
         try:
-            return TrainConfig(**own, eval_every=eval_every, seed=seed)
+            return TrainConfig(**own, eval_every=eval_every, seed=seed,
+                               warmup_steps=self.warmup_steps)  # fmt: skip
         except DeliberateError as e:  # name the config key the user wrote, not the class
             key = str(e).removeprefix("TrainConfig.")
             where = "practice." if key.startswith("eval_every") else "learner."
@@ -119,6 +134,11 @@ class LoopSettings:
         ge=1,
     )
     branch_outs: bool = field(False, "fork before each addition; finish forks without new data")
+    prefixes: list[int] = field(
+        [],
+        "static runs only: also train a fresh learner on the first n images of D_0 for each n "
+        "(the n-image static pool: the seed plan is prefix-stable), each with the budgets",
+    )
 
 
 @dataclass
@@ -149,6 +169,24 @@ class PracticeConfig:
                 "16-pixel patches (or 0: 224)"
             )
         self.learner.train_config(p.eval_every, self.seed)
+        for b in self.learner.budgets:
+            if not 1 <= b < self.learner.iterations:
+                raise DeliberateError(
+                    f"learner.budgets: {b} must be in [1, learner.iterations={self.learner.iterations})"
+                )
+            self.learner.train_config(p.eval_every, self.seed, iterations=b)
+        if self.learner.budgets and p.branch_outs:
+            raise DeliberateError(
+                "learner.budgets and practice.branch_outs cannot be combined; set one of them"
+            )
+        if p.prefixes and p.per_round:
+            raise DeliberateError(
+                "practice.prefixes is for static runs (per_round: 0); remove it or set per_round=0"
+            )
+        if bad := [n for n in p.prefixes if not 1 <= n < p.initial]:
+            raise DeliberateError(
+                f"practice.prefixes {bad}: each must be in [1, practice.initial={p.initial})"
+            )
         if self.generator.sampler.scheduler not in SCHEDULERS:
             raise DeliberateError(f"generator.sampler.scheduler must be one of {list(SCHEDULERS)}")
         if p.max_images < p.initial:
@@ -186,32 +224,37 @@ class LoopState:
 
 def decide(cfg: PracticeConfig, state: LoopState, val_acc: float, step: int) -> bool:
     """Update patience T with one evaluation; True when round k + 1 must be generated now."""
-    p, lrn = cfg.practice, cfg.learner
+    p = cfg.practice
     if val_acc > state.best_val:
         state.best_val, state.patience = val_acc, 0
     else:
         state.patience += 1
-    warmup_end = round(lrn.warmup_frac * lrn.iterations)
-    cooldown_start = lrn.iterations - round(lrn.cooldown_frac * lrn.iterations)  # = Trainer's
+    tc = cfg.learner.train_config(p.eval_every, cfg.seed)  # the schedule's boundaries, once
     allowed = p.per_round > 0 and state.pool_size < p.max_images
-    allowed = allowed and warmup_end <= step < cooldown_start
+    allowed = allowed and tc.warmup_end <= step < tc.cooldown_start
     return allowed and state.patience >= patience_limit(p, state.pool_size)
 
 
 class _Run:
     """The main run or one branch: trainer, loop state, pool view and their run folder."""
 
-    def __init__(self, cfg, backend, split, pool, rd, progress, callback):
+    def __init__(self, cfg, backend, split, pool, rd, progress, callback, *, limit=None,
+                 tag="train", iterations=None):  # fmt: skip
         self.cfg, self.backend, self.split, self.pool, self.rd = cfg, backend, split, pool, rd
         self.progress, self.callback = progress, callback
-        self.limit, self.tag = None, "train"  # a branch trains on the first `limit` images only
+        self.limit, self.tag = limit, tag  # a branch trains on the first `limit` images only
         c, size, _ = backend.image_shape
         lrn = cfg.learner
         with cpu_rng(cfg.seed):  # the initial weights depend on the seed only
             net = build_learner(
                 lrn.arch, backend.num_classes, c, size, input_size=lrn.input_size or None
             )
-        tc = lrn.train_config(cfg.practice.eval_every, cfg.seed)
+        tc = lrn.train_config(cfg.practice.eval_every, cfg.seed, iterations)  # a budget's
+        # Budget branches fork where their cool-down starts (only the full-length run forks).
+        shorter = [] if iterations else lrn.budgets
+        self.budget_forks = {
+            lrn.train_config(cfg.practice.eval_every, cfg.seed, b).cooldown_start: b for b in shorter
+        }
         self.trainer, self.state, self.sampler = Trainer(net.to(cfg.device), tc), LoopState(), None
 
     def restore(self, ckpt: dict | None) -> None:
@@ -395,7 +438,6 @@ class _Run:
         st.ledger["seconds_eval"] += time.perf_counter() - t0
         n_test = 0 if test is None else len(self.split.test_labels)
         accounting.add(st.ledger, learner_eval_images=len(self.split.val_labels) + n_test)
-        phase = "warmup" if step < round(tr.cfg.warmup_frac * tr.cfg.iterations) else "stable"
         return {
             "iteration": step,
             "pool_size": st.pool_size,
@@ -404,7 +446,7 @@ class _Run:
             "test_acc": test,
             "train_loss": distributed.mean(float(np.mean(losses))),  # over the ranks' shares
             "lr": tr.lr,
-            "phase": "cooldown" if tr.in_cooldown else phase,
+            "phase": tr.cfg.phase(step),
             "entropy_last_round": st.last_entropy,
             "learner_images": step * tr.cfg.batch_size,
         }
@@ -424,6 +466,8 @@ class _Run:
             for _ in range(min(tau - len(st.losses), total - tr.step_count)):
                 st.losses += tr.train_steps(self.sampler, 1)
                 bar.update(1)
+                if tr.step_count in self.budget_forks:
+                    self.fork_budget(self.budget_forks[tr.step_count])
                 faults.point("train.step")
                 if faults.stop_requested():  # the window's losses are in the checkpoint
                     self.checkpoint()
@@ -455,6 +499,22 @@ class _Run:
         bar.close()
         distributed.barrier()  # rank 0's last metrics row is on disk before anyone reads it
 
+    def fork_budget(self, iterations: int) -> None:
+        """Save the state a shorter budget's cool-down starts from: its WSD branch.
+
+        Up to here the schedules agree (same warm-up, constant lr), so the branch, trained on the
+        pool as it is now, equals a separate run with `learner.iterations: iterations`.
+        """
+        folder = self.rd.root / "budgets" / f"iters-{iterations}"
+        fork = folder / "fork.pt"
+        if fork.exists() or (folder / "checkpoint.pt").exists():  # a resumed run passes again
+            return
+        if distributed.is_main():
+            folder.mkdir(parents=True, exist_ok=True)
+        branch = dataclasses.replace(self.state, evals=0, forks=[], losses=list(self.state.losses))
+        self.checkpoint(fork, branch)
+        faults.point("budget.forked")
+
     def fork(self) -> None:
         """Save a branch-out: this exact state, set to finish training on the current pool."""
         st = self.state
@@ -478,14 +538,69 @@ def _threads(n: int):
         torch.set_num_threads(old)
 
 
+def _write_result(rd: RunDir, result: dict) -> dict:
+    if distributed.is_main():
+        with atomic_file(rd.root / "result.json") as f:
+            f.write(json.dumps(result).encode())
+    return result
+
+
+def _finish_budget(main: _Run, iterations: int) -> dict:
+    """Cool one budget branch down from its fork to `iterations`; resumable, then cached."""
+    rd = RunDir(main.rd.root / "budgets" / f"iters-{iterations}")
+    if (rd.root / "result.json").exists():
+        return json.loads((rd.root / "result.json").read_text())
+    ckpt = rd.load_checkpoint() or rd.load_checkpoint(rd.root / "fork.pt")
+    if ckpt is None:
+        raise DeliberateError(f"{rd.root}: its fork.pt is missing; delete the folder and re-run")
+    size = ckpt["loop"]["pool_size"]
+    run = _Run(main.cfg, main.backend, main.split, main.pool, rd, main.progress, main.callback,
+               limit=size, tag=f"{main.tag} {iterations} it", iterations=iterations)  # fmt: skip
+    run.restore(ckpt)
+    run.loop(grow=False)
+    last = rd.metrics()[-1]
+    return _write_result(rd, {"iterations": iterations, "pool_size": size,
+                              "val_acc": last["val_acc"], "test_acc": last["test_acc"]})  # fmt: skip
+
+
+def _budget_results(run: _Run) -> list[dict]:
+    """Every budget of `run`, shortest first, its own full-length result included."""
+    last = run.rd.metrics()[-1]
+    own = {"iterations": last["iteration"], "pool_size": run.state.pool_size,
+           "val_acc": last["val_acc"], "test_acc": last["test_acc"]}  # fmt: skip
+    return [*(_finish_budget(run, b) for b in sorted(run.cfg.learner.budgets)), own]
+
+
+def _finish_prefix(main: _Run, n: int) -> dict:
+    """A fresh static learner on D_0's first n images (= the n-image pool), with its budgets."""
+    rd = RunDir(main.rd.root / "prefixes" / f"n-{n}")
+    if (rd.root / "result.json").exists():
+        return json.loads((rd.root / "result.json").read_text())
+    if distributed.is_main():
+        rd.root.mkdir(parents=True, exist_ok=True)
+    run = _Run(main.cfg, main.backend, main.split, main.pool, rd, main.progress, main.callback,
+               limit=n, tag=f"static {n}")  # fmt: skip
+    ckpt = rd.load_checkpoint()
+    if ckpt is None:  # its pool is there already: the generation it stands for is a prefix's
+        share = n / main.state.pool_size
+        led = {k: v * share for k, v in main.state.ledger.items()
+               if k in ("denoiser_evals", "images_generated", "seconds_generate")}  # fmt: skip
+        run.state = LoopState(round=0, pending=False, pool_size=n,
+                              ledger={**dict.fromkeys(LEDGER, 0), **led})  # fmt: skip
+    run.restore(ckpt)
+    run.loop(grow=False)
+    budgets = _budget_results(run)
+    return _write_result(rd, {**budgets[-1], "budgets": budgets})
+
+
 def _finish_branch(main: _Run, k: int, iteration: int, size: int) -> dict:
     """Train one fork to the end of the schedule on its frozen pool; resumable, then cached."""
     rd = RunDir(main.rd.root / "branches" / f"round-{k}")
     result_file = rd.root / "result.json"
     if result_file.exists():
         return json.loads(result_file.read_text())
-    run = _Run(main.cfg, main.backend, main.split, main.pool, rd, main.progress, main.callback)
-    run.limit, run.tag = size, f"branch {k}"
+    run = _Run(main.cfg, main.backend, main.split, main.pool, rd, main.progress, main.callback,
+               limit=size, tag=f"branch {k}")  # fmt: skip
     run.restore(rd.load_checkpoint() or rd.load_checkpoint(rd.root / "fork.pt"))
     faults.point("branch.started")
     run.loop(grow=False)
@@ -545,6 +660,8 @@ def run_practice(
             )
         main.loop(grow=True)
         branches = [_finish_branch(main, *fork) for fork in main.state.forks]
+        budgets = _budget_results(main) if cfg.learner.budgets else []
+        prefixes = [_finish_prefix(main, n) for n in sorted(cfg.practice.prefixes)]
         from deliberate.report import write_practice_report
 
         last = rd.metrics()[-1]
@@ -555,6 +672,8 @@ def run_practice(
             "val_acc": last["val_acc"],
             "test_acc": last["test_acc"],
             "branches": branches,
+            **({"budgets": budgets} if budgets else {}),
+            **({"prefixes": prefixes} if prefixes else {}),
             **{k: last[k] for k in main.state.ledger},
         }
         if distributed.is_main():

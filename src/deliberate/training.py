@@ -59,6 +59,9 @@ class TrainConfig:
     """Seeds the initial weights, batch sampling and all per-step randomness."""
     augment: bool = False
     """Random crop (zero padding 2) and horizontal flip, per image."""
+    warmup_steps: int | None = None
+    """Warm-up length in steps; None = round(warmup_frac * iterations). Budget branches of one
+    run share the warm-up of the shortest budget, so their stable phases are one trajectory."""
 
     def __post_init__(self):
         self.betas = tuple(self.betas)  # YAML gives lists
@@ -77,6 +80,8 @@ class TrainConfig:
             "mixup_alpha": (self.mixup_alpha >= 0, ">= 0"),
             "cutmix_alpha": (self.cutmix_alpha >= 0, ">= 0"),
             "eval_every": (self.eval_every >= 1, ">= 1"),
+            "warmup_steps": (self.warmup_steps is None or
+                             0 <= self.warmup_steps <= self.cooldown_start, "in [0, cool-down start]"),
         }  # fmt: skip
         for name, (ok, allowed) in checks.items():
             if not ok:
@@ -85,16 +90,44 @@ class TrainConfig:
                     f"{allowed})"
                 )
 
+    @property
+    def warmup_end(self) -> int:
+        """First step after the linear warm-up (the one place the boundary is computed)."""
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        return round(self.warmup_frac * self.iterations)
+
+    @property
+    def cooldown_start(self) -> int:
+        """First step of the cosine cool-down; DP adds no data from here on."""
+        return self.iterations - round(self.cooldown_frac * self.iterations)
+
+    def phase(self, step: int) -> str:
+        """warmup, stable or cooldown: the schedule's phase at 0-based `step`."""
+        if step >= self.cooldown_start:
+            return "cooldown"
+        return "warmup" if step < self.warmup_end else "stable"
+
+    def lr_factor(self, step: int) -> float:
+        """The WSD multiplier of the peak learning rate for the update at `step`."""
+        return wsd_lr(step, self.iterations, 1.0, self.warmup_frac, self.cooldown_frac,
+                      warmup=self.warmup_end)  # fmt: skip
+
 
 def wsd_lr(
-    step: int, total: int, peak: float, warmup_frac: float = 0.1, cooldown_frac: float = 0.2
+    step: int,
+    total: int,
+    peak: float,
+    warmup_frac: float = 0.1,
+    cooldown_frac: float = 0.2,
+    warmup: int | None = None,
 ) -> float:
     """Warmup-Stable-Decay learning rate for the update at 0-based `step` (Hu et al. 2024).
 
     Linear warm-up to `peak` over the first `warmup_frac` of `total` steps (ending at peak, so no
     update has lr 0), flat, then a cosine from `peak` to exactly 0 at `step == total`.
     """
-    warmup = round(warmup_frac * total)
+    warmup = round(warmup_frac * total) if warmup is None else warmup
     decay_start = total - round(cooldown_frac * total)
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -173,7 +206,7 @@ class Trainer:
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
-            lambda s: wsd_lr(s, cfg.iterations, 1.0, cfg.warmup_frac, cfg.cooldown_frac),
+            lambda s: cfg.lr_factor(s),  # a plain function: not saved in the state_dict
         )
         self.step_count = 0
         self.generator = torch.Generator().manual_seed(cfg.seed)
@@ -193,9 +226,7 @@ class Trainer:
     @property
     def in_cooldown(self) -> bool:
         """Whether the schedule has entered its final decay (DP adds no data from then on)."""
-        return self.step_count >= self.cfg.iterations - round(
-            self.cfg.cooldown_frac * self.cfg.iterations
-        )
+        return self.step_count >= self.cfg.cooldown_start
 
     def step(self, images, labels) -> float:
         """One optimiser step on uint8 (B, H, W[, C]) or float (B, C, H, W) images; returns loss."""
