@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from deliberate import theory, theory_cli
+from deliberate import theory
+from deliberate.cli import theory as theory_cli
 from deliberate.errors import DeliberateError
 from deliberate.theory import KEEP_EASY, KEEP_HARD, STRATEGIES
 

@@ -1,18 +1,16 @@
-"""The `deliberate` command: thin subcommands over library functions.
+"""`deliberate generate | export`: sample class-conditional images into a pool; export a pool.
 
-Library code raises `DeliberateError` for bad input; `main` prints it as one line and returns 2.
-Nothing below this module exits the process.
+`register(subparsers)` adds both commands to the main parser. Re-running the same `generate`
+completes an interrupted request.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
 
 from deliberate.errors import DeliberateError
-from deliberate.faults import Interrupted
 
 
 def _add_sampler_args(p: argparse.ArgumentParser) -> None:
@@ -44,18 +42,6 @@ def _add_sampler_args(p: argparse.ArgumentParser) -> None:
         help="images per batch and shard (default: %(default)s)",
     )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: all)")
-
-
-def cmd_train_generator(args) -> int:
-    from deliberate.config import load_config
-    from deliberate.generators.train_pixel import GeneratorConfig, train_generator
-
-    cfg = load_config(GeneratorConfig, args.config, args.set)
-    if args.data_dir:
-        cfg.data_dir = args.data_dir
-    final = train_generator(cfg, args.out, progress=not args.quiet)
-    print(f"generator written to {final}; use it with --generator {final}")
-    return 0
 
 
 def cmd_generate(args) -> int:
@@ -172,35 +158,9 @@ def cmd_export(args) -> int:
     return 0
 
 
-def add_set_argument(p: argparse.ArgumentParser, example: str) -> None:
-    """The repeatable `--set key.sub=value` config override shared by config-driven commands."""
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help=f"override a config value, e.g. --set {example} (repeatable)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="deliberate",
-        description="Deliberate Practice: train classifiers on entropy-guided synthetic images.",
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    p = sub.add_parser(
-        "train-generator",
-        help="train the embedded pixel-space diffusion generator",
-        description="Train the class-conditional pixel-space generator on real "
-        "Fashion-MNIST; re-running the same command resumes.",
-    )
-    p.add_argument("config", help="YAML config, e.g. configs/fmnist/generator.yaml")
-    p.add_argument(
-        "--out", required=True, help="run folder (checkpoints, sample grids, generator/)"
-    )
-    p.add_argument("--data-dir", default=None, help="Fashion-MNIST folder (idx files)")
-    add_set_argument(p, "train.steps=100")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_train_generator)
-
-    p = sub.add_parser(
+def register(subparsers) -> None:
+    """Add `generate` and `export` to the `deliberate` parser."""
+    p = subparsers.add_parser(
         "generate",
         help="sample class-conditional images into a pool",
         description="Sample images with DDIM + classifier-free guidance into an "
@@ -229,45 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampler_args(p)
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("export", help="export a pool as npz arrays or class folders of PNGs")
+    p = subparsers.add_parser("export", help="export a pool as npz arrays or class folders of PNGs")
     p.add_argument("pool", help="pool folder")
     p.add_argument("--format", choices=("npz", "imagefolder"), default="npz")
     p.add_argument("--out", required=True, help="output .npz file or folder")
     p.set_defaults(func=cmd_export)
-
-    try:
-        from deliberate import theory_cli
-    except ImportError:
-        theory_cli = None
-    if theory_cli is not None:
-        theory_cli.register(sub)
-    from deliberate import run_cli
-
-    run_cli.register(sub)
-    from deliberate import experiments_cli  # demo, sweep, prune, report
-
-    experiments_cli.register(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `deliberate` console script."""
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except DeliberateError as e:
-        print(f"deliberate: error: {e}", file=sys.stderr)
-        return 2
-    except Interrupted as e:  # SIGINT/SIGTERM honoured at a safe point
-        print(f"deliberate: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("deliberate: interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
-    finally:  # leave torchrun's process group if the command joined one (no torch import here)
-        if (dist := sys.modules.get("deliberate.distributed")) is not None:
-            dist.shutdown()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from deliberate.cli.args import add_set_argument
+
 
 def cmd_run(args) -> int:
     from deliberate import distributed
@@ -41,7 +43,6 @@ def cmd_run(args) -> int:
 
 def register(subparsers) -> None:
     """Add `run` to the `deliberate` parser."""
-    from deliberate.cli import add_set_argument  # here: cli imports this module while building
     p = subparsers.add_parser(
         "run",
         help="run Deliberate Practice (or the static baseline) from a YAML config",

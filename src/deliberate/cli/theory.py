@@ -234,7 +234,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m deliberate.theory_cli ...`: the `theory` command on its own."""
+    """`python -m deliberate.cli.theory theory ...`: the `theory` command on its own."""
     parser = argparse.ArgumentParser(prog="deliberate")
     register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
     args = parser.parse_args(argv)

@@ -1,6 +1,6 @@
 """`deliberate demo | sweep | prune | report`: the experiments, each one resumable command.
 
-`register(subparsers)` adds them to the main parser (cli.py).
+`register(subparsers)` adds them to the main parser (cli/__init__.py).
 """
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ import argparse
 import time
 from pathlib import Path
 
-CONFIGS = Path(__file__).resolve().parent.parent.parent / "configs" / "fmnist"
+from deliberate.cli.args import add_set_argument
+
+CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "fmnist"  # src/deliberate/cli/ -> repo
 DEMO = "demo.yaml"
 
 
@@ -88,8 +90,6 @@ def cmd_report(args) -> int:
 
 def register(subparsers) -> None:
     """Add demo, sweep, prune and report to the `deliberate` parser."""
-    from deliberate.cli import add_set_argument
-
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = subparsers.add_parser(
         "demo",
