@@ -28,11 +28,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from deliberate.data.fashion_mnist import load_fashion_mnist, split_test
-from deliberate.generate import plan
 from deliberate.generators.base import to_uint8
 from deliberate.generators.pixel import DEFAULT_GENERATOR, load_pixel_backend
 from deliberate.learner import build_learner, evaluate
-from deliberate.sampling import sample
+from deliberate.rounds import plan
+from deliberate.sampling import SamplerSettings, sample
 from deliberate.training import train_classifier
 from learner_recipe import RECIPES
 from sampling_speed import rate
@@ -47,7 +47,7 @@ def generate(backend, per_class, steps, cfg, batch_size=500, seed=0):
     for i in range(0, len(pairs), batch_size):
         chunk = pairs[i : i + batch_size]
         labels = torch.tensor([y for y, _ in chunk])
-        out.append(to_uint8(sample(backend, labels, [s for _, s in chunk], steps=steps, cfg=cfg).images))
+        out.append(to_uint8(sample(backend, labels, [s for _, s in chunk], SamplerSettings(steps=steps, cfg=cfg)).images))
     seconds = time.perf_counter() - t0
     return torch.cat(out).numpy(), np.array([y for y, _ in pairs]), seconds
 

@@ -26,7 +26,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from deliberate.generators.latent import LatentSettings, StableDiffusionBackend
 from deliberate.guidance import EntropyGuidance, GuidanceSettings
 from deliberate.learner import build_learner
-from deliberate.sampling import sample
+from deliberate.sampling import SamplerSettings, sample
 
 
 def tokenizer() -> CLIPTokenizer:
@@ -114,8 +114,7 @@ def main() -> None:
         def fn(r):
             seeds = list(range(r * args.batch, (r + 1) * args.batch))
             g = EntropyGuidance(backend, learner, guidance) if hook else None
-            sample(backend, labels, seeds, steps=args.steps, cfg=3.0, guidance=g,
-                   guided_steps=guided_steps if hook else ())  # fmt: skip
+            sample(backend, labels, seeds, SamplerSettings(steps=args.steps, cfg=3.0), guidance=g, guided_steps=guided_steps if hook else ())  # fmt: skip
 
         return fn
 

@@ -9,9 +9,9 @@ import time
 import torch
 
 from deliberate.generators.pixel import load_pixel_backend
-from deliberate.guidance import GuidanceSettings, guided_sampler_kwargs
+from deliberate.guidance import EntropyGuidance, GuidanceSettings
 from deliberate.learner import build_learner
-from deliberate.sampling import sample
+from deliberate.sampling import SamplerSettings, sample
 
 
 def rate(backend, steps, cfg, batch, learner=None, omega=0.0, repeats=5):
@@ -19,10 +19,11 @@ def rate(backend, steps, cfg, batch, learner=None, omega=0.0, repeats=5):
     labels = torch.arange(batch) % backend.num_classes
     rates = []
     for r in range(repeats + 1):
-        hook, guided = guided_sampler_kwargs(backend, learner, GuidanceSettings(omega=omega), steps)
+        settings = GuidanceSettings(omega=omega)
+        hook = EntropyGuidance(backend, learner, settings) if learner is not None and omega else None
+        guided = settings.guided_steps(steps) if hook else []
         t0 = time.perf_counter()
-        sample(backend, labels, list(range(r * batch, (r + 1) * batch)), steps=steps, cfg=cfg,
-               guidance=hook, guided_steps=guided)
+        sample(backend, labels, list(range(r * batch, (r + 1) * batch)), SamplerSettings(steps=steps, cfg=cfg), guidance=hook, guided_steps=guided)
         if r:
             rates.append(batch / (time.perf_counter() - t0))
     return statistics.median(rates), rates

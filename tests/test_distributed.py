@@ -22,10 +22,11 @@ import torch
 
 from deliberate.config import load_config
 from deliberate.data.pool import Pool
-from deliberate.generate import SamplerSettings, generate_into_pool, plan
+from deliberate.generate import generate_into_pool
 from deliberate.practice import PracticeConfig, run_practice
+from deliberate.rounds import plan
 from deliberate.rundir import RunDir
-from deliberate.sampling import SampleOutput
+from deliberate.sampling import SampleOutput, SamplerSettings
 from deliberate.training import cpu_rng, random_crop_flip
 from tests.test_practice import CONFIGS, TIMING_KEYS, generator, needs_data  # noqa: F401
 

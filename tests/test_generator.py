@@ -18,7 +18,7 @@ from deliberate.generators.pixel import (
     load_pixel_backend,
 )
 from deliberate.generators.train_pixel import GeneratorConfig, train_generator
-from deliberate.sampling import initial_noise, predict_x0, sample
+from deliberate.sampling import SamplerSettings, initial_noise, predict_x0, sample
 
 TINY = {"block_out_channels": [16], "layers_per_block": 1, "norm_num_groups": 4}
 
@@ -48,29 +48,29 @@ def test_sampling_is_deterministic_per_seed_whatever_the_batch():
     backend = tiny_backend()
     labels = torch.tensor([0, 3, 7, 9, 1, 2])
     seeds = [11, 12, 13, 14, 15, 16]
-    full = sample(backend, labels, seeds, steps=3, cfg=1.0).images
-    again = sample(backend, labels, seeds, steps=3, cfg=1.0).images
+    full = sample(backend, labels, seeds, SamplerSettings(steps=3, cfg=1.0)).images
+    again = sample(backend, labels, seeds, SamplerSettings(steps=3, cfg=1.0)).images
     assert torch.equal(full, again)
-    halves = torch.cat([sample(backend, labels[i : i + 2], seeds[i : i + 2], steps=3, cfg=1.0).images
+    halves = torch.cat([sample(backend, labels[i : i + 2], seeds[i : i + 2], SamplerSettings(steps=3, cfg=1.0)).images
                         for i in range(0, 6, 2)])
     assert torch.equal(to_uint8(full), to_uint8(halves))
     assert full.shape == (6, 1, 28, 28) and full.min() >= 0 and full.max() <= 1
-    other = sample(backend, labels, [s + 100 for s in seeds], steps=3, cfg=1.0).images
+    other = sample(backend, labels, [s + 100 for s in seeds], SamplerSettings(steps=3, cfg=1.0)).images
     assert not torch.equal(full, other)
 
 
 def test_eta_noise_is_per_image_and_schedulers_run():
     backend = tiny_backend()
     labels = torch.tensor([1, 2, 3, 4])
-    a = sample(backend, labels, [1, 2, 3, 4], steps=3, eta=1.0).images
-    b = torch.cat([sample(backend, labels[:1], [1], steps=3, eta=1.0).images,
-                   sample(backend, labels[1:], [2, 3, 4], steps=3, eta=1.0).images])
+    a = sample(backend, labels, [1, 2, 3, 4], SamplerSettings(steps=3, eta=1.0)).images
+    b = torch.cat([sample(backend, labels[:1], [1], SamplerSettings(steps=3, eta=1.0)).images,
+                   sample(backend, labels[1:], [2, 3, 4], SamplerSettings(steps=3, eta=1.0)).images])
     assert torch.equal(to_uint8(a), to_uint8(b))
     for name in ("dpm++", "euler"):
-        out = sample(backend, labels, [1, 2, 3, 4], steps=3, scheduler=name).images
+        out = sample(backend, labels, [1, 2, 3, 4], SamplerSettings(steps=3, scheduler=name)).images
         assert out.shape == (4, 1, 28, 28) and torch.isfinite(out).all()
     with pytest.raises(DeliberateError, match="unknown scheduler"):
-        sample(backend, labels, [1, 2, 3, 4], steps=3, scheduler="nope")
+        sample(backend, labels, [1, 2, 3, 4], SamplerSettings(steps=3, scheduler="nope"))
 
 
 def test_predict_x0_inverts_the_forward_process():
@@ -109,8 +109,8 @@ def test_saved_generator_loads_and_matches(tmp_path):
     loaded = load_pixel_backend(tmp_path / "gen")
     assert loaded.identifier.startswith("pixel-") and loaded.class_names == CLASS_NAMES
     labels = torch.tensor([5, 6])
-    assert torch.equal(sample(backend, labels, [1, 2], steps=2).images,
-                       sample(loaded, labels, [1, 2], steps=2).images)
+    assert torch.equal(sample(backend, labels, [1, 2], SamplerSettings(steps=2)).images,
+                       sample(loaded, labels, [1, 2], SamplerSettings(steps=2)).images)
 
 
 def test_corrupt_or_missing_generator_is_a_one_line_error(tmp_path):
@@ -129,7 +129,7 @@ def test_shipped_generator_loads_and_generates_each_class():
     size = sum(f.stat().st_size for f in DEFAULT_GENERATOR.rglob("*") if f.is_file())
     assert size <= 20 * 2**20
     labels = torch.arange(10).repeat(20)
-    images = sample(backend, labels, list(range(200)), steps=10, cfg=1.0).images
+    images = sample(backend, labels, list(range(200)), SamplerSettings(steps=10, cfg=1.0)).images
     assert images.shape == (200, 1, 28, 28)
     assert 0.05 < images.mean() < 0.6  # not blank, not saturated
     # The intended class must be recognisable: nearest real class-mean image (a weak judge that

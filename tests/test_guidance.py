@@ -10,11 +10,10 @@ from deliberate.guidance import (
     EntropyGuidance,
     GuidanceSettings,
     criterion_value,
-    guided_sampler_kwargs,
     learner_fingerprint,
 )
 from deliberate.learner import build_learner
-from deliberate.sampling import cfg_output, make_scheduler, sample
+from deliberate.sampling import SamplerSettings, cfg_output, make_scheduler, sample
 from tests.test_generator import tiny_backend
 
 
@@ -95,14 +94,14 @@ def test_relative_step_has_norm_omega_times_x_norm(models):
 def test_guidance_off_equals_plain_sampling_bit_for_bit(models):
     backend, learner = models
     labels, seeds = torch.arange(6) % 10, list(range(6))
-    plain = sample(backend, labels, seeds, steps=4).images
-    hook, steps = guided_sampler_kwargs(backend, learner, GuidanceSettings(omega=0.0), 4)
-    assert hook is None and steps == ()
+    plain = sample(backend, labels, seeds, SamplerSettings(steps=4)).images
+    assert GuidanceSettings(omega=0.0).guided_steps(4) == []
     zero = EntropyGuidance(backend, learner, GuidanceSettings(omega=0.0))
-    off = sample(backend, labels, seeds, steps=4, guidance=zero, guided_steps=[0, 1, 2, 3]).images
+    off = sample(backend, labels, seeds, SamplerSettings(steps=4), guidance=zero, guided_steps=[0, 1, 2, 3]).images
     assert torch.equal(plain, off)
-    hook, steps = guided_sampler_kwargs(backend, learner, GuidanceSettings(omega=0.05, every=1), 4)
-    guided = sample(backend, labels, seeds, steps=4, guidance=hook, guided_steps=steps).images
+    settings = GuidanceSettings(omega=0.05, every=1)
+    hook, steps = EntropyGuidance(backend, learner, settings), settings.guided_steps(4)
+    guided = sample(backend, labels, seeds, SamplerSettings(steps=4), guidance=hook, guided_steps=steps).images
     assert not torch.equal(plain, guided)
 
 
@@ -116,7 +115,7 @@ def test_nan_gradients_are_skipped_and_counted(models):
 
     hook = EntropyGuidance(backend, NaNForFirst(), GuidanceSettings(omega=0.05, every=1))
     labels = torch.arange(3)
-    out = sample(backend, labels, [1, 2, 3], steps=3, guidance=hook, guided_steps=[0, 1, 2])
+    out = sample(backend, labels, [1, 2, 3], SamplerSettings(steps=3), guidance=hook, guided_steps=[0, 1, 2])
     assert torch.isfinite(out.images).all()
     assert hook.skipped == 3  # the first image at each of the three guided steps
 

@@ -28,11 +28,12 @@ from deliberate.config import load_config  # noqa: E402
 from deliberate.data.imagefolder import ClassList  # noqa: E402
 from deliberate.data.pool import Pool  # noqa: E402
 from deliberate.errors import DeliberateError  # noqa: E402
+from deliberate.generators import GeneratorSettings, load_backend  # noqa: E402
 from deliberate.generators.base import to_uint8  # noqa: E402
-from deliberate.generators.latent import LatentSettings, load_backend  # noqa: E402
+from deliberate.generators.latent import LatentSettings  # noqa: E402
 from deliberate.guidance import EntropyGuidance, GuidanceSettings  # noqa: E402
-from deliberate.practice import GeneratorSettings, PracticeConfig, run_practice  # noqa: E402
-from deliberate.sampling import sample  # noqa: E402
+from deliberate.practice import PracticeConfig, run_practice  # noqa: E402
+from deliberate.sampling import SamplerSettings, sample  # noqa: E402
 from tests.test_generator import tiny_backend  # noqa: E402
 from tests.test_imagefolder import IDS, NAMES, WNIDS, write_imagefolder  # noqa: E402
 
@@ -193,14 +194,14 @@ def test_contract_shapes_classes_and_identifier(loaded):
 
 def test_sampling_is_deterministic_per_seed_whatever_the_batch(backend):
     labels, seeds = torch.tensor([0, 1, 2, 0]), [5, 6, 7, 8]
-    full = sample(backend, labels, seeds, steps=3, cfg=2.0).images
+    full = sample(backend, labels, seeds, SamplerSettings(steps=3, cfg=2.0)).images
     assert full.shape == (4, *backend.image_shape) and full.min() >= 0 and full.max() <= 1
-    assert torch.equal(full, sample(backend, labels, seeds, steps=3, cfg=2.0).images)
-    halves = torch.cat([sample(backend, labels[i : i + 2], seeds[i : i + 2], steps=3, cfg=2.0).images
+    assert torch.equal(full, sample(backend, labels, seeds, SamplerSettings(steps=3, cfg=2.0)).images)
+    halves = torch.cat([sample(backend, labels[i : i + 2], seeds[i : i + 2], SamplerSettings(steps=3, cfg=2.0)).images
                         for i in (0, 2)])  # fmt: skip
     assert torch.equal(to_uint8(full), to_uint8(halves))
-    assert not torch.equal(full, sample(backend, labels, [9, 10, 11, 12], steps=3, cfg=2.0).images)
-    assert not torch.equal(full, sample(backend, labels, seeds, steps=3, cfg=0.0).images)
+    assert not torch.equal(full, sample(backend, labels, [9, 10, 11, 12], SamplerSettings(steps=3, cfg=2.0)).images)
+    assert not torch.equal(full, sample(backend, labels, seeds, SamplerSettings(steps=3, cfg=0.0)).images)
 
 
 def test_decode_is_differentiable(backend):
@@ -216,17 +217,17 @@ def test_guidance_raises_learner_entropy_for_the_same_seeds(backend):
     random denoiser's Jacobian is arbitrary): the final images' entropy rises for the same seeds."""
     learner = LinearLearner(backend.image_shape, backend.num_classes).eval().requires_grad_(False)
     labels, seeds = torch.arange(8) % 3, list(range(100, 108))
-    plain = sample(backend, labels, seeds, steps=3, cfg=1.0).images
+    plain = sample(backend, labels, seeds, SamplerSettings(steps=3, cfg=1.0)).images
     hook = EntropyGuidance(backend, learner,
                            GuidanceSettings(omega=0.02, through_denoiser=False))  # fmt: skip
-    guided = sample(backend, labels, seeds, steps=3, cfg=1.0, guidance=hook, guided_steps=[2])
+    guided = sample(backend, labels, seeds, SamplerSettings(steps=3, cfg=1.0), guidance=hook, guided_steps=[2])
     with torch.no_grad():
         before, after = learner.entropy(plain), learner.entropy(guided.images)
     assert (after > before).float().mean() >= 0.75, (before, after)
     assert after.mean() > before.mean()
     # Through the denoiser (the default), guidance runs and changes the images.
     hook = EntropyGuidance(backend, learner, GuidanceSettings(omega=0.05))
-    out = sample(backend, labels, seeds, steps=3, cfg=1.0, guidance=hook, guided_steps=[0, 1])
+    out = sample(backend, labels, seeds, SamplerSettings(steps=3, cfg=1.0), guidance=hook, guided_steps=[0, 1])
     assert torch.isfinite(out.images).all() and not torch.equal(out.images, plain)
     assert hook.backward_passes == 16
 
@@ -239,7 +240,7 @@ def test_options_dtype_checkpointing_and_errors(sd_dir, tmp_path):
     x = torch.randn(2, *half.latent_shape)
     learner = LinearLearner().eval().requires_grad_(False)
     hook = EntropyGuidance(half, learner, GuidanceSettings(omega=0.05))
-    out = sample(half, torch.tensor([0, 1]), [1, 2], steps=2, guidance=hook, guided_steps=[0])
+    out = sample(half, torch.tensor([0, 1]), [1, 2], SamplerSettings(steps=2), guidance=hook, guided_steps=[0])
     assert (
         out.images.dtype == torch.float32
         and torch.isfinite(out.images).all()
@@ -303,7 +304,7 @@ def test_guided_dp_round_end_to_end(kind, sd_dir, dit_dir, tmp_path):
     # The round's first image equals a fresh sample of its seed with the same learner? Its plain
     # twin at least differs: guidance moved it.
     images, labels = pool.get([guided[0]["id"]])
-    plain = sample(backend, torch.as_tensor(labels), [guided[0]["seed"]], steps=3, cfg=2.0).images
+    plain = sample(backend, torch.as_tensor(labels), [guided[0]["seed"]], SamplerSettings(steps=3, cfg=2.0)).images
     assert not np.array_equal(to_uint8(plain).numpy(), images)
     assert summary["ood"]["imagenet_r"]["classes"] == 2
     assert summary["ood"]["imagenet_r"]["images"] == 4

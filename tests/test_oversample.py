@@ -1,6 +1,5 @@
 """Prune in the loop (Fig. 5's protocol): a round samples R x P candidates, the learner keeps P."""
 
-from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -10,9 +9,10 @@ from deliberate.compare import label_of
 from deliberate.config import to_dict
 from deliberate.data.pool import Pool
 from deliberate.errors import DeliberateError
-from deliberate.generate import plan
 from deliberate.generators.pixel import load_pixel_backend
-from deliberate.practice import ROUND_STRIDE, load_run_learner, run_practice
+from deliberate.practice import run_practice
+from deliberate.rounds import ROUND_STRIDE, plan
+from deliberate.rundir import load_learner
 from deliberate.sampling import sample
 from deliberate.selection import score_stored, select_top_entropy
 from tests import test_practice
@@ -41,14 +41,14 @@ def test_round_keeps_the_deciding_learners_top_entropy_candidates_and_resumes(tm
 
     # What round 1 must keep: every candidate, scored by the checkpointed (deciding) learner.
     backend = load_pixel_backend(generator)
-    learner = load_run_learner(out, backend)
+    learner = load_learner(out, backend)
     n, size = cfg.practice.per_round, cfg.generator.batch_size
     pairs = plan(range(10), -(-3 * n // 10), cfg.seed, ROUND_STRIDE)[: 3 * n]
     entropy = []
     for i in range(0, len(pairs), size):  # the run's batches, so the floats are the run's
         chunk = pairs[i : i + size]
         images = sample(backend, torch.tensor([y for y, _ in chunk]), [s for _, s in chunk],
-                        **asdict(cfg.generator.sampler)).images  # fmt: skip
+                        cfg.generator.sampler).images  # fmt: skip
         entropy.append(score_stored(learner, images, "cpu")["entropy"])
     entropy = torch.cat(entropy).numpy()
     labels = np.array([y for y, _ in pairs])

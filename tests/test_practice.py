@@ -13,7 +13,7 @@ from deliberate.data.fashion_mnist import find_data_dir
 from deliberate.data.pool import Pool
 from deliberate.errors import DeliberateError
 from deliberate.generators.pixel import DEFAULT_GENERATOR, load_pixel_backend
-from deliberate.guidance import DEFAULT_GUIDANCE, learner_fingerprint
+from deliberate.guidance import GuidanceSettings, learner_fingerprint
 from deliberate.learner import build_learner, to_float01
 from deliberate.practice import LoopState, PracticeConfig, decide, patience_limit, run_practice
 from tests.test_generator import tiny_backend
@@ -195,7 +195,7 @@ def test_generate_with_a_saved_learner_guides_any_batch(tiny_run, generator, tmp
     rows = pools["guided"].records()
     assert {r["fingerprint"] for r in rows} == {learner_fingerprint(learner)}
     assert all(r["omega"] == 0.05 for r in rows)
-    assert {r["omega"] for r in pools["default"].records()} == {DEFAULT_GUIDANCE.omega}
+    assert {r["omega"] for r in pools["default"].records()} == {GuidanceSettings().omega}
     with torch.no_grad():
         h_plain = learner.entropy(to_float01(plain)).mean()
     assert np.mean([r["entropy"] for r in rows]) > h_plain
@@ -267,7 +267,7 @@ def test_presets_load_and_static_matches_the_dp_budget():
     dp = load_config(PracticeConfig, CONFIGS / "dp.yaml")
     static = load_config(PracticeConfig, CONFIGS / "static.yaml")
     tiny = load_config(PracticeConfig, CONFIGS / "tiny.yaml")
-    assert dp.guidance == DEFAULT_GUIDANCE and tiny.practice.per_round > 0  # generate --learner
+    assert dp.guidance == GuidanceSettings() and tiny.practice.per_round > 0  # generate --learner
     assert static.practice.per_round == 0 and static.guidance.omega == 0
     assert static.practice.initial == static.practice.max_images == dp.practice.max_images
     assert static.learner == dp.learner and static.generator == dp.generator

@@ -22,7 +22,7 @@ from deliberate.data.fashion_mnist import DEFAULT_DIR, FILES
 from deliberate.data.pool import Pool
 from deliberate.generators.base import to_uint8
 from deliberate.generators.pixel import PixelBackend, PixelModelConfig, load_pixel_backend
-from deliberate.sampling import sample
+from deliberate.sampling import SamplerSettings, sample
 from tests.test_faults import SMALL, cli_args, fork_run, make_generator
 from tests.test_generator import CLASS_NAMES, TINY, from_dict
 from tests.test_practice import CONFIGS, needs_data
@@ -286,8 +286,7 @@ def test_a_nan_learner_is_skipped_counted_and_never_makes_a_nan_image(generator,
     assert last["guidance_skipped"] == 20
     # Skipped guidance is plain sampling: the stored images are exactly the unguided ones.
     images, labels = pool.get([r["id"] for r in rows])
-    plain = sample(load_pixel_backend(gen_path(generator)), torch.as_tensor(labels), [r["seed"] for r in rows],
-                   steps=5, cfg=0.5, eta=0.0, scheduler="ddim").images  # fmt: skip
+    plain = sample(load_pixel_backend(gen_path(generator)), torch.as_tensor(labels), [r["seed"] for r in rows], SamplerSettings(steps=5, cfg=0.5, eta=0.0, scheduler="ddim")).images  # fmt: skip
     assert np.array_equal(images, to_uint8(plain).numpy())
 
 

@@ -28,8 +28,6 @@ once per run with torch's FlopCounterMode (`flop_ratio`).
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 # Keys practice.py increments; `add` tolerates ledgers saved before a key existed.
@@ -45,27 +43,6 @@ def add(ledger: dict, **increments: float) -> dict:
     for key, value in increments.items():
         ledger[key] = ledger.get(key, 0) + value
     return ledger
-
-
-class TimedHook:
-    """Wrap a guidance hook so its wall time is added to `ledger["seconds_guidance"]`."""
-
-    def __init__(self, hook, ledger: dict):
-        object.__setattr__(self, "_hook", hook)
-        object.__setattr__(self, "_ledger", ledger)
-
-    def __call__(self, *args, **kwargs):
-        t0 = time.perf_counter()
-        try:
-            return self._hook(*args, **kwargs)
-        finally:
-            add(self._ledger, seconds_guidance=time.perf_counter() - t0)
-
-    def __getattr__(self, name):  # `skipped`, `backward_passes`, ...
-        return getattr(self._hook, name)
-
-    def __setattr__(self, name, value):  # e.g. resetting `skipped_per_row` per batch
-        setattr(self._hook, name, value)
 
 
 def _flops(fn) -> int:

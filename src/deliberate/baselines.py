@@ -20,32 +20,24 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from deliberate import accounting
+from deliberate import accounting, distributed
 from deliberate.config import field, from_dict, to_dict
-from deliberate.data.fashion_mnist import load_eval_split
+from deliberate.data import load_split
 from deliberate.data.pool import RESERVED, Pool, atomic_file
 from deliberate.errors import DeliberateError
-from deliberate.generate import generate_into_pool, plan
-from deliberate.generators.pixel import load_pixel_backend
-from deliberate.practice import (
-    ROUND_STRIDE,
-    LoopState,
-    PracticeConfig,
-    _Run,
-    _threads,
-    run_practice,
-)
-from deliberate.rundir import RunDir
-from deliberate.sampling import sample
-from deliberate.selection import score_stored, select_top_entropy
+from deliberate.generate import generate_into_pool
+from deliberate.generators import check_fits, load_backend
+from deliberate.practice import LoopState, PracticeConfig, Run, run_practice
+from deliberate.rounds import CANDIDATE_ROUND, ROUND_STRIDE, guided_batch, round_plan
+from deliberate.rundir import RunDir, load_learner
+from deliberate.selection import select_top_entropy
 from deliberate.summary import finish_summary, write_summary
 
-CANDIDATE_ROUND = 90  # candidate seeds: seed * 1e9 + 90 * 1e7 + index, apart from DP's rounds
 MAX_CANDIDATES = 10 * ROUND_STRIDE  # seeds 90e7 .. 99.99e7 stay inside the run's seed block
 COPY_CHUNK = 4096  # D_0 images per shard when copied into the final learner's pool
 
@@ -102,25 +94,11 @@ def final_config(cfg: PruneConfig) -> PracticeConfig:
     return from_dict(PracticeConfig, _practice_dict(cfg, n, cfg.learner.iterations))
 
 
-def _scorer(cfg: PracticeConfig, backend, split, root: Path):
-    """The scorer's EMA learner, loaded from its finished run folder."""
-    run = _Run(cfg, backend, split, Pool(root / "pool"), RunDir(root), False, None)
-    ckpt = RunDir(root).load_checkpoint()
-    run.trainer.load_state_dict(ckpt["trainer"])
-    return run.trainer.ema
-
-
 def _candidates(cfg: PruneConfig, backend, scorer, pool: Pool, progress: bool) -> dict:
     """Sample and score the R * M candidates the pool lacks; returns the ledger of the request."""
     s, n = cfg.generator.sampler, cfg.prune.candidates
-    classes = range(backend.num_classes)
-    start = CANDIDATE_ROUND * ROUND_STRIDE
-    pairs = plan(classes, -(-n // len(classes)), cfg.seed, start)[:n]
-
-    def sample_fn(labels, seeds):
-        out = sample(backend, labels, seeds, **asdict(s))
-        out.extras.update(score_stored(scorer, out.images, cfg.device))
-        return out
+    pairs = round_plan(backend.num_classes, n, cfg.seed, CANDIDATE_ROUND)
+    sample_fn = guided_batch(backend, s, scorer, device=cfg.device)  # plain, scored by it
 
     t0 = time.perf_counter()
     extra = {"round": 1, "omega": 0.0}
@@ -168,10 +146,11 @@ def run_prune(cfg: PruneConfig, out_dir: str | Path, progress: bool = True, call
     score_cfg, train_cfg = scorer_config(cfg), final_config(cfg)
     scorer_root = Path(cfg.prune.scorer_dir) if cfg.prune.scorer_dir else root / "scorer"
     scorer_summary = run_practice(score_cfg, scorer_root, progress=progress)
-    with _threads(cfg.threads):
-        backend = load_pixel_backend(cfg.generator.path, device=cfg.device)
-        split = load_eval_split(cfg.data_dir)
-        scorer = _scorer(score_cfg, backend, split, scorer_root)
+    with distributed.torch_threads(cfg.threads):
+        split, classes = load_split(cfg.data, cfg.data_dir)
+        backend = load_backend(cfg.generator, device=cfg.device, classes=classes)
+        check_fits(backend, split)
+        scorer = load_learner(scorer_root, backend, cfg.device, what="the prune scorer")
         scorer_pool = Pool(scorer_root / "pool")
         cands = Pool.open_or_create(root / "candidates", scorer_pool.meta)
         ledger_file = root / "candidates.json"  # kept, so a resumed run reports the same seconds
@@ -192,8 +171,7 @@ def run_prune(cfg: PruneConfig, out_dir: str | Path, progress: bool = True, call
         trd.claim(to_dict(train_cfg), defaults=to_dict(PracticeConfig()))
         pool = Pool.open_or_create(trd.root / "pool", scorer_pool.meta)
         _fill_train_pool(pool, scorer_pool, cands, chosen, cfg.prune.keep_initial)
-        run = _Run(train_cfg, backend, split, pool, trd, progress, callback)
-        run.tag = "prune"
+        run = Run(train_cfg, backend, split, pool, trd, progress, callback, tag="prune")
         ckpt = trd.load_checkpoint()
         run.restore(ckpt)
         if ckpt is None:  # the pool is complete: train on it, no rounds

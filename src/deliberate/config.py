@@ -29,10 +29,11 @@ def field(
     ge: float | None = None,
     gt: float | None = None,
     le: float | None = None,
+    lt: float | None = None,
     choices: tuple | None = None,
 ) -> Any:
     """A dataclass field with a doc line and optional range/choice checks."""
-    meta = {"doc": doc, "ge": ge, "gt": gt, "le": le, "choices": choices}
+    meta = {"doc": doc, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices}
     if isinstance(default, (list, dict, tuple)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     if dataclasses.is_dataclass(default):
@@ -103,10 +104,25 @@ def _check_range(f: dataclasses.Field, value: Any, where: str) -> None:
         ("ge", lambda v, b: v >= b, ">="),
         ("gt", lambda v, b: v > b, ">"),
         ("le", lambda v, b: v <= b, "<="),
+        ("lt", lambda v, b: v < b, "<"),
     ):
         bound = m.get(key)
         if bound is not None and not ok(value, bound):
             raise DeliberateError(f"{where}: {value!r} is out of range (must be {word} {bound})")
+
+
+def check_fields(obj: Any, where: str = "") -> None:
+    """Check every field of a config object against its declared range and choices, then its
+    cross-field `validate()`: for objects built in code (CLI flags) rather than by `from_dict`."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            check_fields(value, f"{where}{f.name}.")
+        else:
+            _check_range(f, value, f"{where}{f.name}")
+    check = getattr(obj, "validate", None)
+    if check is not None:
+        check()
 
 
 def from_dict(cls: type[T], data: dict, where: str = "") -> T:

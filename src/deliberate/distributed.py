@@ -196,3 +196,15 @@ def wrap(model: nn.Module) -> nn.Module:
     _sync_batchnorm(model)
     ids = [_device.index] if _device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run a block with `n` torch CPU threads (0: leave torch's default), restoring them after."""
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

@@ -9,40 +9,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 from tqdm.auto import tqdm
 
 from deliberate import distributed
+from deliberate.config import check_fields
 from deliberate.data.pool import Pool
 from deliberate.errors import DeliberateError
 from deliberate.generators.base import Backend, to_uint8
-from deliberate.sampling import SampleOutput, sample
+from deliberate.sampling import SampleOutput, SamplerSettings, sample
 
 SEED_STRIDE = (
     1_000_000_000  # image seed = request seed * stride + index: collision-free per request
 )
-
-
-@dataclass(frozen=True)
-class SamplerSettings:
-    """What, besides label and seed, determines an image."""
-
-    steps: int = 10
-    cfg: float = 0.5  # CFG λ: 0.5 met both the fidelity and usefulness bars (BENCHMARKS.md)
-    eta: float = 0.0
-    scheduler: str = "ddim"
-
-    def validate(self) -> None:
-        if self.steps < 1:
-            raise DeliberateError(f"steps={self.steps} must be >= 1")
-        if self.cfg < 0:
-            raise DeliberateError(
-                f"cfg={self.cfg} must be >= 0 (paper convention: (1+cfg)·cond − cfg·uncond)"
-            )
-        if not 0 <= self.eta <= 1:
-            raise DeliberateError(f"eta={self.eta} must be in [0, 1]")
 
 
 def plan(
@@ -93,7 +74,7 @@ def generate_into_pool(
     rank stages its shards and rank 0 commits them in plan order, so ids, shards and pixels are
     the same whatever K is. Every rank must call this with the same arguments.
     """
-    settings.validate()
+    check_fields(settings)
     have = {int(r["seed"]) for r in pool.records()}
     todo = [(y, s) for y, s in pairs if s not in have]
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
@@ -110,15 +91,7 @@ def generate_into_pool(
     if sample_fn is None:
 
         def sample_fn(labels, seeds):
-            return sample(
-                backend,
-                labels,
-                seeds,
-                steps=settings.steps,
-                cfg=settings.cfg,
-                eta=settings.eta,
-                scheduler=settings.scheduler,
-            )
+            return sample(backend, labels, seeds, settings)
 
     t0 = time.perf_counter()
     bar = tqdm(

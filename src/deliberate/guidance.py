@@ -18,15 +18,18 @@ image less typical of its label), ``margin`` (minus the gap between the two larg
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from deliberate.errors import DeliberateError
-from deliberate.generators.base import Backend
+from deliberate.config import check_fields, field
 from deliberate.sampling import predict_x0
+
+if TYPE_CHECKING:  # the contract, for annotations only: no import cycle at run time
+    from deliberate.generators.base import Backend
 
 CRITERIA = ("entropy", "cross_entropy", "margin")
 MODES = ("relative", "classifier")
@@ -36,26 +39,18 @@ MODES = ("relative", "classifier")
 class GuidanceSettings:
     """How strongly, where and by what criterion the learner steers sampling."""
 
-    omega: float = 0.0
-    mode: str = "relative"
-    criterion: str = "entropy"
-    every: int = 3  # guide every `every`-th sampling step ...
-    until: float = 0.8  # ... within the first `until` fraction of the trajectory
-    through_denoiser: bool = True  # backprop through the UNet (else treat dx̂0/dx_t as identity)
-
-    def validate(self) -> None:
-        if not self.omega >= 0:
-            raise DeliberateError(f"guidance omega={self.omega} must be >= 0 (0 is plain sampling)")
-        if self.mode not in MODES:
-            raise DeliberateError(f"guidance mode '{self.mode}' is not one of {', '.join(MODES)}")
-        if self.criterion not in CRITERIA:
-            raise DeliberateError(
-                f"guidance criterion '{self.criterion}' is not one of {', '.join(CRITERIA)}"
-            )
-        if self.every < 1 or not 0 < self.until <= 1:
-            raise DeliberateError(
-                f"guidance every={self.every} must be >= 1 and until={self.until} in (0, 1]"
-            )
+    omega: float = field(
+        0.04, "ω: relative step |Δx_t| = ω·|x_t| (relative) or the score scale (classifier); "
+        "0 = plain sampling. 0.04: the ω sweep in BENCHMARKS.md", ge=0,
+    )  # fmt: skip
+    mode: str = field("relative", "relative (FGDS) or classifier (Dhariwal & Nichol)",
+                      choices=MODES)  # fmt: skip
+    criterion: str = field("entropy", "what guidance raises", choices=CRITERIA)
+    every: int = field(3, "guide every `every`-th sampling step ...", ge=1)
+    until: float = field(0.8, "... of the first `until` fraction of the trajectory", gt=0, le=1)
+    through_denoiser: bool = field(
+        True, "backprop through the denoiser (else treat dx̂0/dx_t as the identity)"
+    )
 
     def guided_steps(self, steps: int) -> list[int]:
         """0-based loop indices that are guided: every `every`-th step of the first `until`."""
@@ -63,11 +58,6 @@ class GuidanceSettings:
             return []
         last = max(1, round(self.until * steps))
         return list(range(0, last, self.every))
-
-
-# What configs/fmnist/dp.yaml guides with (a test keeps the two equal); `deliberate generate
-# --learner` uses it when no --omega is given. Chosen by the ω sweep in BENCHMARKS.md.
-DEFAULT_GUIDANCE = GuidanceSettings(omega=0.04)
 
 
 def criterion_value(logits: torch.Tensor, labels: torch.Tensor, criterion: str) -> torch.Tensor:
@@ -91,14 +81,17 @@ def learner_fingerprint(learner: torch.nn.Module) -> str:
 
 
 class EntropyGuidance:
-    """The guidance hook for `deliberate.sampling.sample`; counts skipped (non-finite) gradients."""
+    """The guidance hook for `deliberate.sampling.sample`, for one batch.
+
+    After sampling it holds its own record: `skipped_rows` (B,), the non-finite gradients zeroed
+    per image; `skipped`, their total; `backward_passes`; `seconds` spent in the hook.
+    """
 
     def __init__(self, backend: Backend, learner: torch.nn.Module, settings: GuidanceSettings):
-        settings.validate()
+        check_fields(settings)
         self.backend, self.learner, self.settings = backend, learner, settings
-        self.skipped = 0
-        self.skipped_per_row = None  # (B,) skips per image of the current batch; caller resets
-        self.backward_passes = 0
+        self.skipped, self.skipped_rows = 0, None
+        self.backward_passes, self.seconds = 0, 0.0
 
     def gradient(self, x_t, t, cond, labels, scheduler) -> torch.Tensor:
         """∂criterion/∂x_t per sample (B, *latent); non-finite rows are zeroed and counted."""
@@ -118,8 +111,7 @@ class EntropyGuidance:
             (grad,) = torch.autograd.grad(value.sum(), x)
         self.backward_passes += len(x_t)
         bad = ~torch.isfinite(grad).flatten(1).all(dim=1)
-        rows = self.skipped_per_row
-        self.skipped_per_row = bad.long() if rows is None or len(rows) != len(bad) else rows + bad
+        self.skipped_rows = bad.long() if self.skipped_rows is None else self.skipped_rows + bad
         if bad.any():
             self.skipped += int(bad.sum())
             grad = torch.where(bad.view(-1, *[1] * (grad.dim() - 1)), torch.zeros_like(grad), grad)
@@ -127,6 +119,13 @@ class EntropyGuidance:
 
     def __call__(self, x_t, t, step, cond, out, scheduler, labels):
         """Return (x_t, model_output) after one guidance update (paper Eq. 7, sign: ascent)."""
+        t0 = time.perf_counter()
+        try:
+            return self._update(x_t, t, cond, out, scheduler, labels)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+    def _update(self, x_t, t, cond, out, scheduler, labels):
         grad = self.gradient(x_t, t, cond, labels, scheduler)
         w = self.settings.omega
         dims = list(range(1, x_t.dim()))
@@ -153,12 +152,3 @@ def _shift_score(scheduler, out, x_t, t, shift):
     if kind == "v_prediction":
         return a.sqrt() * eps - s * x0_new
     return x0_new
-
-
-def guided_sampler_kwargs(
-    backend: Backend, learner: torch.nn.Module | None, settings: GuidanceSettings, steps: int
-) -> tuple[EntropyGuidance | None, Sequence[int]]:
-    """The (guidance hook, guided step indices) pair to pass to `sample`; (None, ()) when ω = 0."""
-    if learner is None or settings.omega == 0:
-        return None, ()
-    return EntropyGuidance(backend, learner, settings), settings.guided_steps(steps)

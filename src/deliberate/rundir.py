@@ -161,3 +161,36 @@ class RunDir:
             f.flush()
             faults.point("metrics.torn")
             f.write(line[len(line) // 2 :])
+
+
+def load_learner(path: str | Path, backend, device: str = "cpu", *, what: str = "--learner"):
+    """The EMA learner saved by a run: its folder (the latest checkpoint), or a checkpoint file
+    in it (a branch-out's fork.pt, a budget branch's checkpoint); the one loader every command
+    uses. The architecture comes from the run's config.yaml, found next to the checkpoint or up
+    to two folders above it; the weights load with `torch.load(weights_only=True)`.
+    """
+    from deliberate.config import from_dict, read_yaml
+    from deliberate.learner import build_learner
+    from deliberate.training import LearnerSettings
+
+    path = Path(path)
+    file = path / "checkpoint.pt" if path.is_dir() else path
+    if not file.is_file():
+        raise DeliberateError(f"{what} {path}: no checkpoint.pt there; give a run folder")
+    config = next((d / "config.yaml" for d in file.parents[:3] if (d / "config.yaml").exists()), None)
+    if config is None:
+        raise DeliberateError(f"{what} {path}: no config.yaml beside or above the checkpoint")
+    section = read_yaml(config).get("learner") or {}
+    lrn = from_dict(LearnerSettings, section if isinstance(section, dict) else {}, "learner.")
+    ckpt = RunDir(file.parent).load_checkpoint(file)
+    c, size, _ = backend.image_shape
+    net = build_learner(lrn.arch, backend.num_classes, c, size, input_size=lrn.input_size or None)
+    try:
+        net.load_state_dict(ckpt["trainer"]["ema"])
+    except (KeyError, TypeError, RuntimeError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise DeliberateError(
+            f"{what} {path} does not fit this generator's {backend.num_classes} classes "
+            f"and {c}x{size}x{size} images ({first[:120]})"
+        ) from None
+    return net.to(device).eval()

@@ -12,20 +12,38 @@ equals 1 + λ.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
+from deliberate.config import field
 from deliberate.errors import DeliberateError
-from deliberate.generators.base import Backend
+
+if TYPE_CHECKING:  # the contract, for annotations only: no import cycle at run time
+    from deliberate.generators.base import Backend
 
 SCHEDULERS = {
     "ddim": DDIMScheduler,
     "dpm++": DPMSolverMultistepScheduler,
     "euler": EulerDiscreteScheduler,
 }
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """What, besides label, seed and guidance, determines an image."""
+
+    steps: int = field(10, "sampling steps", ge=1)
+    cfg: float = field(
+        0.5, "CFG λ, paper Eq. 5: (1+λ)·cond − λ·uncond; 0.5 met the fidelity and usefulness bars "
+        "(BENCHMARKS.md)", ge=0,
+    )  # fmt: skip
+    eta: float = field(0.0, "DDIM eta: 0 deterministic, 1 DDPM-like noise", ge=0, le=1)
+    scheduler: str = field("ddim", "diffusers scheduler", choices=tuple(SCHEDULERS))
 
 # A guidance hook: (x_t, t, step_index, cond, model_out, scheduler, labels) -> (x_t, model_out).
 # It sees the CFG model output of the current step and may move x_t or change the output
@@ -38,7 +56,7 @@ class SampleOutput:
     """Decoded images in [0, 1] (B, C, H, W) plus per-image extras recorded by guidance."""
 
     images: torch.Tensor
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    extras: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
 
 def make_scheduler(backend: Backend, name: str = "ddim", steps: int = 10):
@@ -92,11 +110,8 @@ def sample(
     backend: Backend,
     labels: torch.Tensor,
     seeds: Sequence[int],
+    settings: SamplerSettings = SamplerSettings(),
     *,
-    steps: int = 10,
-    cfg: float = 0.5,
-    eta: float = 0.0,
-    scheduler: str = "ddim",
     guidance: GuidanceFn | None = None,
     guided_steps: Sequence[int] = (),
 ) -> SampleOutput:
@@ -107,7 +122,8 @@ def sample(
     """
     if len(seeds) != len(labels):
         raise DeliberateError(f"got {len(seeds)} seeds for {len(labels)} labels")
-    sched = make_scheduler(backend, scheduler, steps)
+    cfg, eta = settings.cfg, settings.eta
+    sched = make_scheduler(backend, settings.scheduler, settings.steps)
     device = backend.device
     labels = labels.to(device)
     x = initial_noise(seeds, backend.latent_shape, device) * sched.init_noise_sigma

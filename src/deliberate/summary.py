@@ -2,24 +2,22 @@
 
 Besides the final accuracies and the compute ledger it holds what needs the final learner and
 therefore cannot be recomputed from the files later: accuracy on the shifted test suite
-(`deliberate.shifted`) and, per round, the learner's error on that round's images when they were
+(`deliberate.data.shifted`) and, per round, the learner's error on that round's images when they were
 added (the prediction stored in the pool manifest at generation) and at the end (Fig. 6).
 The expensive parts are cached: a resumed, already finished run reuses them.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from deliberate import accounting
 from deliberate.data.pool import atomic_file
+from deliberate.data.shifted import evaluate_shifted
 from deliberate.learner import _batched_logits
-from deliberate.shifted import evaluate_shifted
 
 SUMMARY = "summary.json"
 
@@ -30,16 +28,15 @@ def _predict(learner, images) -> np.ndarray:
     )
 
 
-def fork_learners(root: str | Path, learner) -> dict[int, object]:
+def fork_learners(root: str | Path, backend) -> dict[int, object]:
     """The EMA learner saved at each branch-out, by round j: the one that asked for round j + 1."""
-    out = {}
-    for path in sorted(Path(root).glob("branches/round-*/fork.pt")):
-        twin = copy.deepcopy(learner)
-        twin.load_state_dict(
-            torch.load(path, map_location="cpu", weights_only=True)["trainer"]["ema"]
-        )
-        out[int(path.parent.name.split("-")[1])] = twin
-    return out
+    from deliberate.rundir import load_learner
+
+    return {
+        int(path.parent.name.split("-")[1]): load_learner(path, backend, backend.device,
+                                                           what="branch-out")  # fmt: skip
+        for path in sorted(Path(root).glob("branches/round-*/fork.pt"))
+    }
 
 
 def round_errors(learner, pool, stages: dict | None = None) -> list[dict]:
@@ -100,7 +97,7 @@ def finish_summary(
         images, labels = split.test_images, split.test_labels
         extra["shifted"] = evaluate_shifted(learner, images, labels, progress=progress)
     if "round_errors" not in extra:
-        extra["round_errors"] = round_errors(learner, pool, fork_learners(root, learner))
+        extra["round_errors"] = round_errors(learner, pool, fork_learners(root, backend))
     if "learner_cost" not in extra:
         extra["learner_cost"] = accounting.flop_ratio(backend, learner)
     through = cfg.guidance.through_denoiser
@@ -111,3 +108,26 @@ def finish_summary(
         summary, summary["learner_cost"], through
     )
     return write_summary(root, summary)
+
+
+def summarize_run(rd, cfg, backend, learner, split, pool, classes, summary: dict,
+                  progress: bool = False) -> dict:  # fmt: skip
+    """Everything a finished practice run records besides its metrics; writes its report."""
+    from deliberate import faults
+    from deliberate.data.imagefolder import evaluate_ood
+    from deliberate.report import write_practice_report
+    from deliberate.rounds import load_twins
+
+    if cfg.data.kind == "imagefolder" and cfg.data.imagefolder.ood:
+        ood_file = rd.root / "ood.json"
+        summary["ood"] = evaluate_ood(learner, cfg.data.imagefolder, classes, ood_file)
+    twins = load_twins(rd.root)
+    summary["twin_entropy"] = {
+        k: [float(t["entropy_plain"].mean()), float(t["entropy_guided"].mean())]
+        for k, t in sorted(twins.items())
+    }
+    summary = finish_summary(rd.root, cfg, backend, learner, split, pool, summary, progress)
+    faults.point("report.started")
+    write_practice_report(rd.root, rd.metrics(), pool, summary, twins)
+    faults.point("report.written")
+    return summary

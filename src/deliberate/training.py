@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -20,75 +22,73 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from deliberate import distributed
+from deliberate.config import check_fields, field
 from deliberate.errors import DeliberateError
-from deliberate.learner import Learner, build_learner, evaluate, to_float01
+from deliberate.learner import ARCHS, Learner, build_learner, evaluate, to_float01
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 Sampler = Callable[[torch.Generator, int, slice], Batch]  # (rng, global batch size, my rows)
 
 
 @dataclass
-class TrainConfig:
-    """Hyperparameters of one learner training run (SPEC §2.2)."""
+class Recipe:
+    """The learner's training recipe (SPEC §2.2; App. D.5.1): one set of fields and bounds,
+    read from YAML as `learner:` (`LearnerSettings`) and used by the trainer (`TrainConfig`)."""
 
-    iterations: int = 2000
-    """Optimiser steps in total, warm-up and cool-down included."""
-    batch_size: int = 128
-    """Images per optimiser step, drawn uniformly with replacement from the pool."""
-    lr: float = 2e-3
-    """Peak learning rate of the WSD schedule."""
-    weight_decay: float = 0.05
-    """AdamW decoupled weight decay."""
-    betas: tuple[float, float] = (0.9, 0.999)
-    """AdamW (beta1, beta2)."""
-    warmup_frac: float = 0.1
-    """Fraction of `iterations` spent in linear warm-up."""
-    cooldown_frac: float = 0.2
-    """Fraction of `iterations` spent in the cosine cool-down to zero."""
-    ema_decay: float = 0.999
-    """Weight-EMA decay (paper: "momentum 0.001"); warmed up as min(decay, (1+n)/(10+n))."""
-    label_smoothing: float = 0.11
-    """Label smoothing of the cross-entropy targets."""
-    mixup_alpha: float = 0.0
-    """Mixup Beta(alpha, alpha) parameter; 0 disables it (paper: 0.5)."""
-    cutmix_alpha: float = 0.0
-    """CutMix Beta(alpha, alpha) parameter; 0 disables it (paper: 1.0)."""
-    eval_every: int = 500
-    """Steps between evaluations in `train_classifier`."""
-    seed: int = 0
-    """Seeds the initial weights, batch sampling and all per-step randomness."""
-    augment: bool = False
-    """Random crop (zero padding 2) and horizontal flip, per image."""
-    warmup_steps: int | None = None
-    """Warm-up length in steps; None = round(warmup_frac * iterations). Budget branches of one
-    run share the warm-up of the shortest budget, so their stable phases are one trajectory."""
+    _where: ClassVar[str] = ""  # how errors name the fields: "learner." or "TrainConfig."
+    iterations: int = field(2000, "optimiser steps in all, warm-up and cool-down included", ge=1)
+    batch_size: int = field(128, "images per optimiser step, drawn uniformly from the pool", ge=1)
+    lr: float = field(2e-3, "peak learning rate of the WSD schedule", gt=0)
+    weight_decay: float = field(0.05, "AdamW decoupled weight decay", ge=0)
+    betas: tuple[float, float] = field((0.9, 0.999), "AdamW (beta1, beta2), each in [0, 1)")
+    warmup_frac: float = field(0.1, "share of iterations in linear warm-up", ge=0, le=1)
+    cooldown_frac: float = field(0.2, "share of iterations in the cosine cool-down to 0", ge=0,
+                                 le=1)  # fmt: skip
+    ema_decay: float = field(
+        0.999, 'weight-EMA decay (paper: "momentum 0.001"); warmed up as min(d, (1+n)/(10+n))',
+        ge=0, lt=1,
+    )  # fmt: skip
+    label_smoothing: float = field(0.11, "label smoothing of the targets", ge=0, lt=1)
+    mixup_alpha: float = field(0.0, "Mixup Beta(a, a); 0 = off (paper: 0.5)", ge=0)
+    cutmix_alpha: float = field(0.0, "CutMix Beta(a, a); 0 = off (paper: 1.0)", ge=0)
+    augment: bool = field(False, "random crop (zero padding 2) and horizontal flip, per image")
+
+    def validate(self) -> None:
+        """The cross-field checks (`config.from_dict` has checked each field's own range)."""
+        w = self._where
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise DeliberateError(f"{w}betas = {list(self.betas)} must be two values in [0, 1)")
+        if (share := self.warmup_frac + self.cooldown_frac) > 1:
+            raise DeliberateError(
+                f"{w}warmup_frac + {w}cooldown_frac = {share:g} exceeds 1; lower one"
+            )
+
+
+@dataclass
+class TrainConfig(Recipe):
+    """Hyperparameters of one learner training run: the recipe plus how this run uses it."""
+
+    _where: ClassVar[str] = "TrainConfig."
+    eval_every: int = field(500, "steps between evaluations in `train_classifier`", ge=1)
+    seed: int = field(0, "seeds the initial weights, batch sampling and per-step randomness",
+                      ge=0)  # fmt: skip
+    warmup_steps: int | None = field(
+        None, "warm-up length in steps; None = round(warmup_frac * iterations). Budget branches "
+        "of one run share the warm-up of the shortest, so their stable phases are one trajectory",
+        ge=0,
+    )  # fmt: skip
 
     def __post_init__(self):
         self.betas = tuple(self.betas)  # YAML gives lists
-        checks = {  # name: (ok, the allowed range)
-            "iterations": (self.iterations >= 1, ">= 1"),
-            "batch_size": (self.batch_size >= 1, ">= 1"),
-            "lr": (self.lr > 0, "> 0"),
-            "weight_decay": (self.weight_decay >= 0, ">= 0"),
-            "betas": (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
-                      "two values in [0, 1)"),
-            "warmup_frac": (0 <= self.warmup_frac <= 1, "in [0, 1]"),
-            "cooldown_frac": (0 <= self.cooldown_frac <= 1 - self.warmup_frac,
-                              "in [0, 1 - warmup_frac]"),
-            "ema_decay": (0 <= self.ema_decay < 1, "in [0, 1)"),
-            "label_smoothing": (0 <= self.label_smoothing < 1, "in [0, 1)"),
-            "mixup_alpha": (self.mixup_alpha >= 0, ">= 0"),
-            "cutmix_alpha": (self.cutmix_alpha >= 0, ">= 0"),
-            "eval_every": (self.eval_every >= 1, ">= 1"),
-            "warmup_steps": (self.warmup_steps is None or
-                             0 <= self.warmup_steps <= self.cooldown_start, "in [0, cool-down start]"),
-        }  # fmt: skip
-        for name, (ok, allowed) in checks.items():
-            if not ok:
-                raise DeliberateError(
-                    f"TrainConfig.{name} = {getattr(self, name)!r} is out of range (must be "
-                    f"{allowed})"
-                )
+        check_fields(self, self._where)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.warmup_steps is not None and self.warmup_steps > self.cooldown_start:
+            raise DeliberateError(
+                f"TrainConfig.warmup_steps = {self.warmup_steps} is past the cool-down start "
+                f"({self.cooldown_start})"
+            )
 
     @property
     def warmup_end(self) -> int:
@@ -112,6 +112,45 @@ class TrainConfig:
         """The WSD multiplier of the peak learning rate for the update at `step`."""
         return wsd_lr(step, self.iterations, 1.0, self.warmup_frac, self.cooldown_frac,
                       warmup=self.warmup_end)  # fmt: skip
+
+
+@dataclass
+class LearnerSettings(Recipe):
+    """The `learner:` section of a run: the architecture and the recipe (SPEC §2.2)."""
+
+    _where: ClassVar[str] = "learner."
+    arch: str = field("small_resnet", "classifier architecture", choices=ARCHS)
+    input_size: int = field(
+        0, "side the backbone sees (differentiable resize); 0 = native", ge=0, le=1024
+    )
+    budgets: list[int] = field(
+        [],
+        "shorter iteration budgets, each cooled down from this run's stable phase (one WSD "
+        "branch per budget, docs/experiments.md); warm-up is warmup_frac of the shortest",
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        for b in self.budgets:
+            if not 1 <= b < self.iterations:
+                raise DeliberateError(
+                    f"learner.budgets: {b} must be in [1, learner.iterations={self.iterations})"
+                )
+        if self.arch == "vit_b_16" and self.input_size % 16:
+            raise DeliberateError(
+                f"learner.input_size={self.input_size} must be a multiple of vit_b_16's "
+                "16-pixel patches (or 0: 224)"
+            )
+
+    def train_config(self, eval_every: int, seed: int, iterations: int | None = None) -> TrainConfig:
+        """The TrainConfig of this recipe; `iterations`: a budget branch's (shared warm-up)."""
+        recipe = {f.name: getattr(self, f.name) for f in dataclasses.fields(Recipe)}
+        if iterations is not None:
+            recipe["iterations"] = iterations
+        warmup = None
+        if self.budgets:  # the warm-up every budget branch shares: warmup_frac of the shortest
+            warmup = round(self.warmup_frac * min(self.iterations, *self.budgets))
+        return TrainConfig(**recipe, eval_every=eval_every, seed=seed, warmup_steps=warmup)
 
 
 def wsd_lr(
@@ -185,6 +224,23 @@ def uniform_sampler(images: np.ndarray | torch.Tensor, labels) -> Sampler:
         return torch.as_tensor(batch), labels_t[idx]
 
     return sample
+
+
+def pool_sampler(images, labels, rounds: np.ndarray, new_data_weight: float = 1.0) -> Sampler:
+    """Minibatches from a pool: uniform, or with its newest round up-weighted (Table 3's
+    "non-uni."); `images` may be a memory-mapped view, read per batch."""
+    if new_data_weight == 1 or rounds.max() == 0:
+        return uniform_sampler(images, labels)
+    newest = torch.as_tensor(rounds == rounds.max())
+    weights = torch.where(newest, new_data_weight, 1.0).double()
+    labels_t = torch.as_tensor(labels)
+
+    def weighted(generator, batch_size, part):
+        idx = torch.multinomial(weights, batch_size, replacement=True, generator=generator)
+        idx = idx[part]  # this rank's rows of the global batch
+        return torch.as_tensor(images[idx.numpy()]), labels_t[idx]
+
+    return weighted
 
 
 class Trainer:

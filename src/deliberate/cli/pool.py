@@ -48,32 +48,52 @@ def cmd_generate(args) -> int:
     import torch
 
     from deliberate import distributed, faults
+    from deliberate.config import check_fields
     from deliberate.data.imagefolder import ClassList, read_class_file
     from deliberate.data.pool import Pool
-    from deliberate.generate import SamplerSettings, check_classes, generate_into_pool, plan
-    from deliberate.generators.latent import LatentSettings, load_backend
-    from deliberate.practice import GeneratorSettings
+    from deliberate.generate import check_classes, generate_into_pool
+    from deliberate.generators import GeneratorSettings, load_backend
+    from deliberate.generators.latent import LatentSettings
+    from deliberate.guidance import GuidanceSettings, learner_fingerprint
     from deliberate.report import save_sample_grid
-    from deliberate.sampling import sample
-    from deliberate.selection import score_stored
+    from deliberate.rounds import guided_batch, plan
+    from deliberate.sampling import SamplerSettings
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.batch_size < 1:
         raise DeliberateError(f"--batch-size {args.batch_size} must be >= 1")
+    settings = SamplerSettings(steps=args.steps, cfg=args.cfg, eta=args.eta,
+                               scheduler=args.scheduler)  # fmt: skip
+    check_fields(settings, "--")  # e.g. "--cfg: nan is out of range"
     names = tuple(read_class_file(args.class_names)) if args.class_names else None
     latent = LatentSettings(prompt=args.prompt, dtype=args.dtype, class_ids=args.class_ids or [])
     gen = GeneratorSettings(kind=args.kind, path=args.generator, latent=latent)
     backend = load_backend(gen, device=args.device, classes=names and ClassList(names, names))
     classes = check_classes(backend, args.classes)
-    settings = SamplerSettings(
-        steps=args.steps, cfg=args.cfg, eta=args.eta, scheduler=args.scheduler
-    )
-    settings.validate()
     pairs = plan(classes, args.per_class, args.seed)
     c, h, w = backend.image_shape
+    learner, guidance, extra = None, None, {"round": 0, "omega": 0.0}
+    if args.learner is not None:  # entropy guidance by a saved learner (paper §3)
+        from deliberate.rundir import load_learner
+
+        guidance = GuidanceSettings()  # the default ω, unless --omega says otherwise
+        guidance = dataclasses.replace(
+            guidance,
+            omega=guidance.omega if args.omega is None else args.omega,
+            criterion=args.criterion or guidance.criterion,
+        )
+        check_fields(guidance, "--")
+        learner = load_learner(args.learner, backend, args.device)
+        extra = {"round": 0, "omega": guidance.omega, "fingerprint": learner_fingerprint(learner)}
+    elif args.omega or args.criterion:
+        raise DeliberateError("--omega and --criterion need --learner RUN_DIR_OR_CHECKPOINT")
+    # The same batch the practice loop samples: guided and scored by the learner when there is
+    # one, NaN pixels refused, skipped guidance steps recorded per image.
+    sample_fn = guided_batch(backend, settings, learner, guidance, device=args.device)
+    faults.ensure_free_space(args.out, len(pairs) * (c * h * w + 1024), f"{len(pairs)} images")
     distributed.init("cpu")  # under torchrun: K CPU processes share the batches (gloo)
-    with distributed.main_first():
+    with distributed.main_first():  # everything is checked: only now is anything written
         pool = Pool.open_or_create(
             args.out,
             {
@@ -82,32 +102,6 @@ def cmd_generate(args) -> int:
                 "num_classes": backend.num_classes,
             },
         )
-    hook, guided, extra = None, (), {"round": 0, "omega": 0.0}
-    if args.learner is not None:  # entropy guidance by a saved learner (paper §3)
-        from deliberate.guidance import DEFAULT_GUIDANCE, guided_sampler_kwargs, learner_fingerprint
-        from deliberate.practice import load_run_learner
-
-        omega = DEFAULT_GUIDANCE.omega if args.omega is None else args.omega
-        guidance = dataclasses.replace(
-            DEFAULT_GUIDANCE, omega=omega, criterion=args.criterion or DEFAULT_GUIDANCE.criterion
-        )
-        guidance.validate()
-        learner = load_run_learner(args.learner, backend, args.device)
-        hook, guided = guided_sampler_kwargs(backend, learner, guidance, settings.steps)
-        extra = {"round": 0, "omega": omega, "fingerprint": learner_fingerprint(learner)}
-    elif args.omega or args.criterion:
-        raise DeliberateError("--omega and --criterion need --learner RUN_DIR_OR_CHECKPOINT")
-
-    def sample_fn(labels, seeds):
-        faults.point("generate.batch")
-        faults.raise_if_stopped()  # every earlier batch is in the pool: nothing to save
-        out = sample(backend, labels, seeds, **dataclasses.asdict(settings), guidance=hook,
-                     guided_steps=guided)  # fmt: skip
-        if hook is not None:  # the guiding learner's entropy on the image as stored (uint8)
-            out.extras.update(score_stored(learner, out.images, args.device))
-        return out
-
-    faults.ensure_free_space(args.out, len(pairs) * (c * h * w + 1024), f"{len(pairs)} images")
     with faults.graceful_stop():
         stats = generate_into_pool(
             backend,

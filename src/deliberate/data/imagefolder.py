@@ -73,18 +73,6 @@ class ImageFolderSettings:
             )
 
 
-@dataclass
-class DataSettings:
-    """Which real data gives the validation and test sets."""
-
-    kind: str = field(
-        "fashion_mnist",
-        "fashion_mnist (data_dir) or imagefolder",
-        choices=("fashion_mnist", "imagefolder"),
-    )
-    imagefolder: ImageFolderSettings = field(ImageFolderSettings(), "ImageNet-style folders")
-
-
 @dataclass(frozen=True)
 class ClassList:
     """The learner's classes: folder ids, names to prompt with, ImageNet-1k ids (or None)."""
@@ -326,14 +314,3 @@ def evaluate_ood(learner, s: ImageFolderSettings, classes: ClassList,
         with atomic_file(out_file) as f:
             f.write((json.dumps(out, indent=2) + "\n").encode())
     return out
-
-
-def load_split(data: DataSettings, data_dir: str | None = None):
-    """(split, classes): the real val/test sets the config names (arrays or streamed folders)."""
-    if data.kind == "imagefolder":
-        split = load_imagefolder_split(data.imagefolder)
-        return split, split.classes
-    from deliberate.data.fashion_mnist import CLASS_NAMES, load_eval_split
-
-    split = load_eval_split(data_dir)
-    return split, ClassList(CLASS_NAMES, CLASS_NAMES)

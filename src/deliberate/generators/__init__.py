@@ -1,0 +1,80 @@
+"""Generators: which one a run uses (`GeneratorSettings`) and how it is loaded (`load_backend`).
+
+    base.py     the backend contract the sampler drives (any generator, pixel or latent)
+    pixel.py    the class-conditional pixel-space UNet (the shipped Fashion-MNIST generator)
+    latent.py   Stable Diffusion and DiT through diffusers, decoded by their VAE
+    train.py    the trainer of the pixel-space generator (`deliberate train-generator`)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from deliberate.config import field
+from deliberate.errors import DeliberateError
+from deliberate.generators.latent import LatentSettings, load_dit, load_stable_diffusion
+from deliberate.sampling import SamplerSettings
+
+KINDS = ("pixel", "stable_diffusion", "dit")
+
+
+@dataclass
+class GeneratorSettings:
+    """Which generator, and how it samples (everything but label, seed and guidance)."""
+
+    kind: str = field("pixel", "pixel, stable_diffusion or dit", choices=KINDS)
+    path: str | None = field(None, "folder or hub id; null = the shipped Fashion-MNIST model")
+    latent: LatentSettings = field(LatentSettings(), "prompt, dtype, checkpointing (latent kinds)")
+    sampler: SamplerSettings = field(
+        SamplerSettings(), "steps, CFG λ (paper Eq. 5), eta, scheduler"
+    )
+    batch_size: int = field(250, "images per sampling batch (and pool shard)", ge=1)
+
+
+def load_backend(settings, *, device: str = "cpu", classes=None):
+    """The generator a `GeneratorSettings` names (`kind`: pixel | stable_diffusion | dit).
+
+    `classes` (a `data.imagefolder.ClassList`, or None) gives the class names to prompt with and,
+    for DiT, their ImageNet-1k ids; the pixel backend carries its own classes and must match.
+    """
+    kind, latent = settings.kind, settings.latent
+    if kind not in KINDS:
+        raise DeliberateError(f"generator.kind {kind!r} is not one of {', '.join(KINDS)}")
+    if kind == "pixel":
+        from deliberate.generators.pixel import load_pixel_backend
+
+        backend = load_pixel_backend(settings.path, device=device)
+        if classes is not None and len(classes.names) != backend.num_classes:
+            raise DeliberateError(
+                f"the pixel generator has {backend.num_classes} classes but the data has "
+                f"{len(classes.names)}; use a generator trained on these classes"
+            )
+        return backend
+    if classes is None:
+        raise DeliberateError(f"generator.kind {kind} needs the data's class list")
+    if kind == "stable_diffusion":
+        return load_stable_diffusion(settings.path, classes.names, latent, device)
+    ids = list(latent.class_ids) or list(classes.imagenet_ids or [])
+    if not ids:
+        raise DeliberateError(
+            "DiT needs the ImageNet-1k id of every class: set generator.latent.class_ids, or "
+            "data.imagefolder.synset_mapping (LOC_synset_mapping.txt, in ImageNet-1k order)"
+        )
+    return load_dit(settings.path, classes.names, ids, latent, device)
+
+
+def check_fits(backend, split) -> None:
+    """Refuse a generator whose classes or image shape differ from the real evaluation data."""
+    classes = int(split.val_labels.max()) + 1
+    arrays = getattr(split.val_images, "ndim", None) == 3  # Fashion-MNIST (ImageFolder streams)
+    shape = (1, *split.val_images.shape[1:]) if arrays else None
+    if backend.num_classes != classes:
+        raise DeliberateError(
+            f"the generator has {backend.num_classes} classes but the dataset has {classes}; "
+            "set generator.path to a generator trained on this dataset"
+        )
+    if shape is not None and tuple(backend.image_shape) != shape:
+        raise DeliberateError(
+            f"the generator makes {tuple(backend.image_shape)} images but the dataset has "
+            f"{shape}; set generator.path to a generator trained on this dataset"
+        )

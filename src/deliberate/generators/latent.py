@@ -37,7 +37,6 @@ from deliberate.config import field
 from deliberate.errors import DeliberateError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-KINDS = ("pixel", "stable_diffusion", "dit")
 _WNID = re.compile(r"^n\d{8}$")
 
 
@@ -308,36 +307,3 @@ def load_dit(path: str, class_names, class_ids, settings: LatentSettings,
     backend._prepare(device)
     backend.load_seconds = time.perf_counter() - t0
     return backend
-
-
-def load_backend(settings, *, device: str = "cpu", classes=None):
-    """The generator a `GeneratorSettings` names (`kind`: pixel | stable_diffusion | dit).
-
-    `classes` (a `data.imagefolder.ClassList`, or None) gives the class names to prompt with and,
-    for DiT, their ImageNet-1k ids; the pixel backend carries its own classes and must match.
-    """
-    kind = getattr(settings, "kind", "pixel")
-    if kind not in KINDS:
-        raise DeliberateError(f"generator.kind {kind!r} is not one of {', '.join(KINDS)}")
-    latent = getattr(settings, "latent", None) or LatentSettings()
-    if kind == "pixel":
-        from deliberate.generators.pixel import load_pixel_backend
-
-        backend = load_pixel_backend(settings.path, device=device)
-        if classes is not None and len(classes.names) != backend.num_classes:
-            raise DeliberateError(
-                f"the pixel generator has {backend.num_classes} classes but the data has "
-                f"{len(classes.names)}; use a generator trained on these classes"
-            )
-        return backend
-    if classes is None:
-        raise DeliberateError(f"generator.kind {kind} needs the data's class list")
-    if kind == "stable_diffusion":
-        return load_stable_diffusion(settings.path, classes.names, latent, device)
-    ids = list(latent.class_ids) or list(classes.imagenet_ids or [])
-    if not ids:
-        raise DeliberateError(
-            "DiT needs the ImageNet-1k id of every class: set generator.latent.class_ids, or "
-            "data.imagefolder.synset_mapping (LOC_synset_mapping.txt, in ImageNet-1k order)"
-        )
-    return load_dit(settings.path, classes.names, ids, latent, device)

@@ -113,11 +113,11 @@ class _Checkpoint:
 
 def _save_grid(ema_backend: PixelBackend, path: Path, step: int) -> None:
     from deliberate.report import save_sample_grid
-    from deliberate.sampling import sample
+    from deliberate.sampling import SamplerSettings, sample
 
     n = ema_backend.num_classes
     labels = torch.arange(n).repeat_interleave(10)
-    out = sample(ema_backend, labels, seeds=list(range(len(labels))), steps=10, cfg=0.5)
+    out = sample(ema_backend, labels, list(range(len(labels))), SamplerSettings(steps=10, cfg=0.5))
     save_sample_grid(
         to_uint8(out.images).numpy(),
         labels.numpy(),

@@ -1,0 +1,218 @@
+"""One round of the pool: plan its seeds, sample them (entropy-guided by a learner or plain),
+score them, and append them to the pool.
+
+    seeds  <- plan(classes, ...)                    the seed layout, defined here only
+    batch  <- guided_batch(...)(labels, seeds)      THE guided batch: `run`, `generate`, `prune`
+    pool   <- generate_into_pool(batches)           shards, resume, torchrun (deliberate.generate)
+
+Seed layout: image seed = run seed * 1e9 + round * 1e7 + index. Round k of a run, the prune
+baseline's candidates (round 90) and `deliberate generate --seed s` (round 0) never collide, and
+any prefix of a plan is class-balanced, so the first n images of a pool are the n-image pool.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from deliberate import accounting, distributed, faults
+from deliberate.data.pool import Pool, atomic_file
+from deliberate.errors import DeliberateError
+from deliberate.generate import SampleFn, generate_into_pool
+from deliberate.generators.base import Backend, to_uint8
+from deliberate.guidance import EntropyGuidance, GuidanceSettings, learner_fingerprint
+from deliberate.learner import to_float01
+from deliberate.sampling import SampleOutput, SamplerSettings, sample
+from deliberate.selection import score_stored, select_top_entropy
+
+SEED_STRIDE = 1_000_000_000  # seeds of one run (or one `generate --seed`)
+ROUND_STRIDE = 10_000_000  # seeds of one round within a run
+CANDIDATE_ROUND = 90  # the prune baseline's candidates: apart from DP's rounds
+MAX_ROUNDS = 99
+
+
+def plan(
+    classes: Sequence[int], per_class: int, seed: int, start: int = 0
+) -> list[tuple[int, int]]:
+    """(label, seed) pairs, classes interleaved so that any prefix is class-balanced."""
+    if per_class < 1:
+        raise DeliberateError(f"--per-class {per_class} must be >= 1")
+    if seed < 0 or seed >= 2**31:
+        raise DeliberateError(f"--seed {seed} must be in [0, 2^31)")
+    pairs = []
+    for _ in range(per_class):
+        for c in classes:
+            pairs.append((int(c), seed * SEED_STRIDE + start + len(pairs)))
+    return pairs
+
+
+def round_plan(num_classes: int, n: int, seed: int, k: int) -> list[tuple[int, int]]:
+    """The first n (label, seed) pairs of round k of a run with `seed`."""
+    return plan(range(num_classes), -(-n // num_classes), seed, k * ROUND_STRIDE)[:n]
+
+
+def guided_batch(
+    backend: Backend,
+    settings: SamplerSettings,
+    learner: torch.nn.Module | None = None,
+    guidance: GuidanceSettings | None = None,
+    *,
+    device: str = "cpu",
+    ledger: dict | None = None,
+    on_batch: Callable[[list[int]], None] | None = None,
+) -> SampleFn:
+    """The function that turns (labels, seeds) into one batch; every command samples through it.
+
+    With a `learner`, each image is scored by it on the image exactly as stored (uint8): entropy
+    and prediction (the prune baseline's candidates: `guidance` None). With `guidance` too, it is
+    guided by it (when ω > 0) and the guidance steps it skipped are recorded per image, so a
+    resumed request adds up the same. Non-finite pixels are refused
+    before anything of the batch is written. A SIGINT/SIGTERM stops before a batch.
+    """
+    guide = learner is not None and guidance is not None and guidance.omega > 0
+    steps = guidance.guided_steps(settings.steps) if guide else ()
+
+    def sample_fn(labels: torch.Tensor, seeds: list[int]) -> SampleOutput:
+        faults.point("generate.batch")
+        faults.raise_if_stopped()  # every earlier batch is in the pool: nothing to save
+        if on_batch is not None:
+            on_batch(seeds)
+        hook = EntropyGuidance(backend, learner, guidance) if guide else None  # this batch's
+        out = sample(backend, labels, seeds, settings, guidance=hook, guided_steps=steps)
+        if not torch.isfinite(out.images).all():
+            raise DeliberateError(
+                f"the generator produced NaN/inf pixels for seeds {seeds[0]}..; nothing of "
+                "this batch was written: check generator.path and its weights"
+            )
+        if learner is not None:
+            out.extras.update(score_stored(learner, out.images, device))
+        if learner is not None and guidance is not None:  # a guided request, even at ω = 0
+            skipped = hook.skipped_rows if hook is not None else None
+            out.extras["guidance_skipped"] = torch.zeros(len(seeds)) if skipped is None else skipped
+        if hook is not None and ledger is not None:
+            accounting.add(ledger, seconds_guidance=hook.seconds)
+        faults.point("generate.sampled")
+        return out
+
+    return sample_fn
+
+
+def generate_round(cfg, backend: Backend, pool: Pool, k: int, learner, ledger: dict, *,
+                   have: int, root, checkpoint_bytes: int, progress: bool = True,
+                   on_batch=None) -> float | None:  # fmt: skip
+    """Add round k of a practice run to `pool`: N plain images for k = 0, else P images guided
+    (or, with `practice.oversample` R > 1, chosen from R x P candidates) by `learner`.
+
+    `have` is the pool size before the round (part of it may already be in the pool: resume).
+    Updates `ledger`; writes the plain-vs-guided twins; returns the round's mean learner entropy
+    at generation (None for round 0).
+    """
+    s, p = cfg.generator.sampler, cfg.practice
+    n = p.initial if k == 0 else min(p.per_round, p.max_images - have)
+    need = n * (int(np.prod(backend.image_shape)) + 1024) + checkpoint_bytes
+    faults.ensure_free_space(root, need, f"round {k} ({n} images + checkpoint)")
+    m = round(p.oversample * n) if k else n  # candidates; the n best are kept (Fig. 5)
+    pairs = round_plan(backend.num_classes, m, cfg.seed, k)
+    learner = learner if k else None  # D_0 is plain: the learner is untrained
+    guided = learner is not None and cfg.guidance.omega > 0
+    steps = cfg.guidance.guided_steps(s.steps) if guided else []
+    extra = {"round": k, "omega": cfg.guidance.omega if guided else 0.0}
+    if learner is not None:
+        extra["fingerprint"] = learner_fingerprint(learner)
+    sample_fn = guided_batch(backend, s, learner, cfg.guidance, device=cfg.device, ledger=ledger,
+                             on_batch=on_batch)  # fmt: skip
+    t0 = time.perf_counter()
+    if m > n:  # oversample, then keep the n highest-entropy candidates (same seeds if m = n)
+        pairs, sample_fn = select_candidates(cfg, backend, k, pairs, n, sample_fn, progress)
+        extra["oversample"] = p.oversample
+    generate_into_pool(backend, pool, pairs, s, batch_size=cfg.generator.batch_size,
+                       extra=extra, sample_fn=sample_fn, progress=progress)  # fmt: skip
+    faults.point("round.generated")
+    # counted from the request, so a resumed round adds up the same
+    ledger["denoiser_evals"] += m * (s.steps * (2 if s.cfg else 1) + len(steps))
+    ledger["guidance_backward"] += m * len(steps)
+    ledger["seconds_generate"] += time.perf_counter() - t0
+    accounting.add(ledger, images_generated=m, learner_score_images=m if k else 0,
+                   images_discarded=m - n)  # fmt: skip
+    if guided and distributed.is_main():
+        save_twins(pool, backend, s, k, learner, root, cfg.device)
+    mine = [r for r in pool.records() if r["round"] == k]
+    ledger["guidance_skipped"] += int(sum(r.get("guidance_skipped", 0) for r in mine))
+    return float(np.mean([r.get("entropy") for r in mine])) if k else None
+
+
+def select_candidates(cfg, backend: Backend, k: int, candidates: list, n: int,
+                      sample_fn: SampleFn, progress: bool):  # fmt: skip
+    """Sample every candidate of round k, keep the n highest-entropy per class.
+
+    Returns the kept (label, seed) pairs and a sample_fn that hands back their images, so
+    the pool is written the usual way. Nothing is written before the selection is made: an
+    interrupted round samples its candidates again (same seeds, same learner, same choice).
+    The candidates are held in memory as uint8 until the choice: fine for laptop-scale
+    rounds; at ImageNet scale use `deliberate prune`, which stores them in a pool.
+    """
+    if distributed.world_size() > 1:
+        raise DeliberateError(
+            "practice.oversample > 1 runs in one process only; drop torchrun or set it to 1"
+        )
+    size = cfg.generator.batch_size
+    images, scores, labels = [], [], []
+    batches = [candidates[i : i + size] for i in range(0, len(candidates), size)]
+    desc = f"round {k} candidates (R={cfg.practice.oversample:g})"
+    for chunk in tqdm(batches, desc=desc, unit="batch", disable=not progress):
+        out = sample_fn(torch.tensor([y for y, _ in chunk]), [s for _, s in chunk])
+        images.append(to_uint8(out.images.cpu()))
+        scores.append(out.extras)
+        labels += [y for y, _ in chunk]
+    images = torch.cat(images)
+    extras = {key: torch.cat([e[key] for e in scores]) for key in scores[0]}
+    chosen = select_top_entropy(extras["entropy"].numpy(), np.array(labels), n,
+                                backend.num_classes)  # fmt: skip
+    kept = {  # seed -> (uint8 image, its extras)
+        candidates[i][1]: (images[i], {key: v[i] for key, v in extras.items()}) for i in chosen
+    }
+
+    def replay(labels, seeds):  # the chosen candidates, exactly as sampled and scored
+        rows = [kept[s] for s in seeds]
+        out = SampleOutput(to_float01(torch.stack([im for im, _ in rows])))
+        out.extras = {key: torch.stack([e[key] for _, e in rows]) for key in extras}
+        return out
+
+    return [candidates[i] for i in chosen], replay
+
+
+def save_twins(pool: Pool, backend: Backend, settings: SamplerSettings, k: int, learner, root,
+               device: str) -> None:  # fmt: skip
+    """Round k's first guided images per class and their plain (omega = 0) twins: same seeds,
+    both scored by the learner that guided the round. `twins/round-k.npz`; kept on resume.
+    10 per class for 10 classes, fewer for more (1 each at 1,000): about 100-1,000 images."""
+    per_class = max(1, min(10, 200 // backend.num_classes))
+    path = root / "twins" / f"round-{k}.npz"
+    if path.exists():
+        return
+    mine = [r for r in pool.records() if r["round"] == k]
+    by_class = [[r for r in mine if r["label"] == c] for c in range(backend.num_classes)]
+    rows = [r for rows in by_class for r in rows[:per_class]]
+    guided, labels = pool.get([r["id"] for r in rows])
+    out = sample(backend, torch.as_tensor(labels), [r["seed"] for r in rows], settings)
+    plain = to_uint8(out.images.cpu())
+    with torch.no_grad():
+        h_plain = learner.entropy(to_float01(plain).to(device)).cpu().numpy()
+    path.parent.mkdir(exist_ok=True)
+    with atomic_file(path) as f:
+        np.savez(f, plain=plain.numpy(), guided=guided, labels=labels,
+                 seeds=np.array([r["seed"] for r in rows]), entropy_plain=h_plain,
+                 entropy_guided=np.array([r["entropy"] for r in rows]))  # fmt: skip
+
+
+def load_twins(root) -> dict[int, dict]:
+    """The twins of every guided round of a run folder, by round."""
+    twins = {}
+    for path in sorted((root / "twins").glob("round-*.npz")):
+        with np.load(path, allow_pickle=False) as z:
+            twins[int(path.stem.split("-")[1])] = dict(z)
+    return twins
