@@ -1,17 +1,22 @@
-"""The headline ratio (issue 4; Fig. 4 / SPEC §5.4): DP's images to reach the best static accuracy.
+"""The headline ratios under the compute-fair protocol (docs/experiments.md; issue 15).
 
-Usage: python benchmarks/headline.py RUN_OR_SWEEP_DIR...
-       (e.g. the folders of `deliberate sweep configs/fmnist/headline.yaml`)
+Usage: python benchmarks/headline.py RUN_OR_SWEEP_DIR... [--plot PNG]
+       (e.g. the folders of `deliberate sweep configs/fmnist/fair-static.yaml` and `fair-dp.yaml`)
 
-Reads each finished run's summary: static runs (`per_round: 0`) and DP runs (ω > 0, no
-oversampling) are grouped by final pool size and averaged over seeds; other runs are ignored.
-Each method's curve is its per-size mean accuracy made monotone (more images never count as
-worse: noise aside), interpolated linearly in log pool size. The paper's ratio (§5.1: "DP reaches
-the best static accuracy with 400k images, 7.5x less data") is
+Every finished run contributes one point per (pool size, iteration budget) it measured: its own
+result, its budget branches (`learner.budgets`) and, for static runs, its prefix learners
+(`practice.prefixes`). Static runs are `per_round: 0`; DP runs have ω > 0 and no oversampling;
+other runs are ignored. For each method and pool size the budget is CHOSEN ON VALIDATION: the
+one with the highest mean real-val accuracy over the seeds that have every budget. Test
+accuracy is only read at the chosen budget. Then:
 
-    ratio = (smallest static pool reaching the best static mean) / (DP pool reaching that mean)
+  (a) images:     the best static test accuracy (any size, its best budget) against the pool
+                  DP needs to reach it (DP's curve made monotone, log-linear in pool size);
+  (b) iterations: the iterations static needs to reach DP's best accuracy (static's best size
+                  per budget, chosen on val, made monotone, log-linear in iterations) against
+                  the iterations of DP's best point: the paper's Table 1 analogue.
 
-and, the other way round, the static pool that equals each DP point's accuracy.
+Each ratio is also computed seed by seed (the same chosen budgets), giving its spread.
 """
 
 from __future__ import annotations
@@ -25,8 +30,44 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from deliberate.compare import expand_dirs, load_run  # noqa: E402
 from deliberate.errors import DeliberateError  # noqa: E402
+from deliberate.report import expand_dirs, load_run  # noqa: E402
+
+
+def points(run: dict) -> list[tuple[int, int, float, float]]:
+    """(pool, iterations, val, test) of every learner a run trained."""
+    s = run["summary"]
+    own = [{"pool_size": s["pool_size"], "iterations": s["iterations"], "val_acc": s["val_acc"],
+            "test_acc": s["test_acc"]}]  # fmt: skip
+    rows = s.get("budgets") or own
+    for prefix in s.get("prefixes", []):
+        rows += prefix.get("budgets") or [prefix]
+    return [(r["pool_size"], r["iterations"], r["val_acc"], r["test_acc"]) for r in rows]
+
+
+def collect(folders) -> dict:
+    """{method: {pool: {iterations: {seed: (val, test)}}}}."""
+    grid = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
+    for folder in expand_dirs(folders):
+        try:
+            run = load_run(folder)
+        except DeliberateError as e:
+            print(f"skipped: {e}", file=sys.stderr)
+            continue
+        if run["kind"] != "practice" or run["method"] not in ("static", "DP"):
+            continue
+        for pool, its, val, test in points(run):
+            grid[run["method"]][pool][its][run["seed"]] = (val, test)
+    return grid
+
+
+def choose(by_budget: dict) -> tuple[int, list[int]]:
+    """The budget with the best mean val over the seeds every budget has; and those seeds."""
+    seeds = sorted(set.intersection(*(set(v) for v in by_budget.values())))
+    if not seeds:
+        raise SystemExit("no seed has every budget of a pool size; finish the runs first")
+    best = max(by_budget, key=lambda b: (statistics.mean(by_budget[b][s][0] for s in seeds), -b))
+    return best, seeds
 
 
 def fmt(values: list[float]) -> str:
@@ -34,66 +75,131 @@ def fmt(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.2f} ± {100 * sd:.2f}"
 
 
-def envelope(groups: dict[int, list[float]]) -> list[tuple[int, float]]:
-    """(pool, best mean so far) by increasing pool: the monotone curve."""
-    curve, best = [], -1.0
-    for n in sorted(groups):
-        best = max(best, statistics.mean(groups[n]))
-        curve.append((n, best))
-    return curve
+def envelope(curve: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(x, best y so far) by increasing x: more images or iterations never count as worse."""
+    out, best = [], -1.0
+    for x, y in sorted(curve):
+        best = max(best, y)
+        out.append((x, best))
+    return out
 
 
-def pool_reaching(curve: list[tuple[int, float]], acc: float) -> float | None:
-    """Pool size at which the curve first reaches `acc` (log-linear); None when it never does."""
-    if acc <= curve[0][1]:
+def reaching(curve: list[tuple[float, float]], y: float) -> float | None:
+    """x at which a monotone curve first reaches y (log-linear); None when it never does."""
+    if y <= curve[0][1]:
         return float(curve[0][0])
-    for (n0, a0), (n1, a1) in zip(curve, curve[1:], strict=False):
-        if a0 < acc <= a1:
-            t = (acc - a0) / (a1 - a0)
-            return math.exp(math.log(n0) + t * (math.log(n1) - math.log(n0)))
+    for (x0, y0), (x1, y1) in zip(curve, curve[1:], strict=False):
+        if y0 < y <= y1:
+            t = (y - y0) / (y1 - y0)
+            return math.exp(math.log(x0) + t * (math.log(x1) - math.log(x0)))
     return None
 
 
+def ratios(grid, chosen, seed=None) -> dict:
+    """Both headline ratios from the means (seed None) or from one seed's numbers."""
+
+    def test(method, pool, its):
+        cell = grid[method][pool][its]
+        seeds = chosen[method][pool][1] if seed is None else [seed]
+        if any(s not in cell for s in seeds):
+            return None
+        return statistics.mean(cell[s][1] for s in seeds)
+
+    curves = {m: [(n, test(m, n, chosen[m][n][0])) for n in chosen[m]] for m in chosen}
+    curves = {m: [(n, a) for n, a in c if a is not None] for m, c in curves.items()}
+    static, dp = envelope(curves["static"]), envelope(curves["DP"])
+    best_static_n, best_static = max(curves["static"], key=lambda p: (p[1], -p[0]))
+    need = reaching(dp, best_static)
+    dp_n, dp_best = max(curves["DP"], key=lambda p: (p[1], -p[0]))
+    dp_its = chosen["DP"][dp_n][0]
+    # static's accuracy per budget: its best size at that budget (chosen on val), then monotone
+    per_budget = []
+    for its in sorted({b for n in grid["static"] for b in grid["static"][n]}):
+        sizes = [n for n in grid["static"] if its in grid["static"][n]]
+        by_val = {n: statistics.mean(v[0] for v in grid["static"][n][its].values()) for n in sizes}
+        n = max(by_val, key=by_val.get)
+        if (a := test("static", n, its)) is not None:
+            per_budget.append((its, a))
+    static_its = reaching(envelope(per_budget), dp_best) if per_budget else None
+    return {
+        "best_static": (best_static_n, best_static), "dp_images_to_best_static": need,
+        "images_ratio": best_static_n / need if need else None,
+        "dp_best": (dp_n, dp_its, dp_best), "static_iterations_to_dp_best": static_its,
+        "iterations_ratio": static_its / dp_its if static_its else None,
+        "static_curve": static, "dp_curve": dp,
+    }  # fmt: skip
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     ap.add_argument("runs", nargs="+", type=Path, help="run or sweep folders")
+    ap.add_argument("--plot", type=Path, default=None, help="write the Fig. 4 analogue here")
     args = ap.parse_args()
-    groups = {"static": defaultdict(list), "DP": defaultdict(list)}
-    seeds = {"static": defaultdict(list), "DP": defaultdict(list)}
-    for folder in expand_dirs(args.runs):
-        try:
-            run = load_run(folder)
-        except DeliberateError as e:
-            print(f"skipped: {e}", file=sys.stderr)
-            continue
-        if run["kind"] == "practice" and run["method"] in groups:
-            groups[run["method"]][run["summary"]["pool_size"]].append(run["summary"]["test_acc"])
-            seeds[run["method"]][run["summary"]["pool_size"]].append(run["seed"])
-    if not groups["static"] or not groups["DP"]:
+    grid = collect(args.runs)
+    if not grid["static"] or not grid["DP"]:
         raise SystemExit("need finished static runs (per_round 0) and DP runs (omega > 0)")
-    print("| method | pool | real test (9k) %, mean ± sd | seeds |\n|---|---|---|---|")
-    for method, by_size in groups.items():
-        for n in sorted(by_size):
-            s = ", ".join(map(str, sorted(seeds[method][n])))
-            print(f"| {method} | {n:,} | {fmt(by_size[n])} | {s} |")
-    static, dp = envelope(groups["static"]), envelope(groups["DP"])
-    best = static[-1][1]
-    best_n = next(n for n, a in static if a == best)
-    print(f"\nbest static: {100 * best:.2f} % at {best_n:,} images (largest: {static[-1][0]:,})")
-    need = pool_reaching(dp, best)
-    if need is None:
-        print(f"DP never reaches it: best DP {100 * dp[-1][1]:.2f} % at {dp[-1][0]:,} images")
+    chosen = {m: {n: choose(grid[m][n]) for n in sorted(grid[m])} for m in ("static", "DP")}
+
+    print("Every budget (real val % / real test %, mean of the seeds that have all budgets):\n")
+    for method in ("static", "DP"):
+        budgets = sorted({b for n in grid[method] for b in grid[method][n]})
+        print(f"| {method} pool | " + " | ".join(f"{b:,} it" for b in budgets) + " | chosen |")
+        print("|---" * (len(budgets) + 2) + "|")
+        for n, (best, seeds) in chosen[method].items():
+            cells = []
+            for b in budgets:
+                cell = grid[method][n].get(b, {})
+                if all(s in cell for s in seeds):
+                    val = statistics.mean(cell[s][0] for s in seeds)
+                    tst = statistics.mean(cell[s][1] for s in seeds)
+                    cells.append(f"{100 * val:.2f} / {100 * tst:.2f}")
+                else:
+                    cells.append("–")
+            print(f"| {n:,} | " + " | ".join(cells) + f" | {best:,} |")
+        print()
+    print("At the budget chosen on validation:\n")
+    print("| method | pool | iterations | real test %, mean ± sd | per seed | seeds |")
+    print("|---|---|---|---|---|---|")
+    for method in ("static", "DP"):
+        for n, (best, seeds) in chosen[method].items():
+            tests = [grid[method][n][best][s][1] for s in seeds]
+            per = ", ".join(f"{100 * t:.2f}" for t in tests)
+            print(f"| {method} | {n:,} | {best:,} | {fmt(tests)} | {per} | "
+                  f"{', '.join(map(str, seeds))} |")  # fmt: skip
+
+    r = ratios(grid, chosen)
+    all_seeds = sorted({s for m in chosen for _, seeds in chosen[m].values() for s in seeds})
+    per_seed = {s: ratios(grid, chosen, s) for s in all_seeds}
+
+    def spread(key):
+        vals = [p[key] for p in per_seed.values() if p[key] is not None]
+        missing = len(per_seed) - len(vals)
+        text = ", ".join(f"{v:.2f}x" for v in vals) or "none"
+        return text + (f" ({missing} seed(s): not reached)" if missing else "")
+
+    n, a = r["best_static"]
+    print(f"\n(a) images: best static {100 * a:.2f} % at {n:,} images.")
+    if r["images_ratio"] is None:
+        dn, dits, da = r["dp_best"]
+        print(f"    DP never reaches it: its best is {100 * da:.2f} % ({dn:,} images, {dits:,} it),"
+              f" {100 * (a - da):.2f} points short. Per seed: {spread('images_ratio')}")  # fmt: skip
     else:
-        print(f"DP reaches it with {need:,.0f} images: **{best_n / need:.2f}x fewer** (paper 3.4x)")
-    print("\n| DP pool | DP % | static pool with that accuracy | static / DP |\n|---|---|---|---|")
-    for n, a in dp:
-        eq = pool_reaching(static, a)
-        if eq is None:
-            print(f"| {n:,} | {100 * a:.2f} | > {static[-1][0]:,} | > {static[-1][0] / n:.2f}x |")
-        else:
-            print(f"| {n:,} | {100 * a:.2f} | {eq:,.0f} | {eq / n:.2f}x |")
+        print(f"    DP reaches it with {r['dp_images_to_best_static']:,.0f} images: "
+              f"{r['images_ratio']:.2f}x fewer. Per seed: {spread('images_ratio')}")  # fmt: skip
+    dn, dits, da = r["dp_best"]
+    print(f"(b) iterations: DP's best, {100 * da:.2f} % ({dn:,} images), at {dits:,} iterations.")
+    if r["iterations_ratio"] is None:
+        print(f"    static never reaches it at any budget measured. Per seed: "
+              f"{spread('iterations_ratio')}")  # fmt: skip
+    else:
+        print(f"    static needs {r['static_iterations_to_dp_best']:,.0f} iterations: "
+              f"{r['iterations_ratio']:.2f}x DP's. Per seed: {spread('iterations_ratio')}")  # fmt: skip
+    if args.plot:
+        from deliberate.report.plots import plot_headline
+
+        plot_headline(r["static_curve"], r["dp_curve"], chosen, args.plot)
+        print(f"\nplot: {args.plot}")
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ def test_same_seed_same_pixels_whatever_the_batch(tmp_path, tiny_generator):
     [
         (["generate", "--per-class", "0", "--out", "{tmp}/p"], "--per-class 0"),
         (["generate", "--per-class", "1", "--out", "{tmp}/p", "--classes", "12"], "class ids [12]"),
-        (["generate", "--per-class", "1", "--out", "{tmp}/p", "--cfg", "-1"], "cfg=-1.0"),
+        (["generate", "--per-class", "1", "--out", "{tmp}/p", "--cfg", "-1"], "--cfg: -1.0 is out of range"),
         (["generate", "--per-class", "1", "--out", "{tmp}/p", "--generator", "{tmp}"],
          "not a deliberate generator folder"),
         (["export", "{tmp}/nopool", "--out", "{tmp}/x.npz"], "pool"),

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from deliberate.config import check_fields
 from deliberate.errors import DeliberateError
 from deliberate.guidance import (
     EntropyGuidance,
@@ -128,7 +129,7 @@ def test_guided_steps_and_validation():
     for bad in (dict(omega=-1.0), dict(omega=math.nan), dict(mode="x"), dict(criterion="x"),
                 dict(every=0), dict(until=0.0)):
         with pytest.raises(DeliberateError):
-            GuidanceSettings(**bad).validate()
+            check_fields(GuidanceSettings(**bad))  # from_dict runs the same checks on load
 
 
 def test_learner_fingerprint_changes_with_weights(models):

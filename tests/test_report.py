@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import yaml
-from deliberate.shifted import SHIFTS, shift_images, shifted_suite
+from deliberate.data.shifted import SHIFTS, shift_images, shifted_suite
 from PIL import Image
 
 from deliberate.cli import main

@@ -28,7 +28,8 @@ import numpy as np
 from deliberate import accounting, distributed
 from deliberate.config import field, from_dict, to_dict
 from deliberate.data import load_split
-from deliberate.data.pool import RESERVED, Pool, atomic_file
+from deliberate.data.files import atomic_file
+from deliberate.data.pool import RESERVED, Pool
 from deliberate.errors import DeliberateError
 from deliberate.generate import generate_into_pool
 from deliberate.generators import check_fits, load_backend

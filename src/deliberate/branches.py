@@ -19,7 +19,7 @@ import dataclasses
 import json
 
 from deliberate import distributed, faults
-from deliberate.data.pool import atomic_file
+from deliberate.data.files import atomic_file
 from deliberate.errors import DeliberateError
 from deliberate.rundir import RunDir
 

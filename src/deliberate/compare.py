@@ -28,9 +28,9 @@ import numpy as np
 import yaml
 
 from deliberate.data.pool import atomic_file
+from deliberate.data.shifted import DESCRIPTIONS, SHIFTS
 from deliberate.errors import DeliberateError
 from deliberate.report import DPI, FONT_PT, _save
-from deliberate.shifted import DESCRIPTIONS, SHIFTS
 
 
 def _figure(width: float, height: float, cols: int = 1, rows: int = 1):

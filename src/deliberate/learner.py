@@ -217,6 +217,19 @@ def evaluate(learner: Learner, images, labels, batch_size: int = 1000) -> float:
     return correct / max(len(labels), 1)
 
 
+def accuracy(learner: Learner, images, labels) -> float:
+    """Top-1 accuracy; under torchrun each rank scores a block and the exact counts are summed.
+
+    Every rank thus gets the same number, so patience decisions agree without a broadcast.
+    """
+    from deliberate import distributed
+
+    part = distributed.block(len(labels))
+    n = part.stop - part.start
+    correct = round(evaluate(learner, images[part], labels[part]) * n)
+    return distributed.all_sum(correct) / max(len(labels), 1)
+
+
 def predict_entropy(learner: Learner, images, batch_size: int = 1000) -> np.ndarray:
     """Per-image predictive entropy (N,) in nats, in eval mode without gradients."""
     out = [

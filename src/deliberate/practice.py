@@ -32,10 +32,11 @@ from deliberate.config import field, to_dict
 from deliberate.data import DataSettings, load_split
 from deliberate.data.pool import Pool
 from deliberate.errors import DeliberateError
-from deliberate.generators import GeneratorSettings, check_fits, load_backend
+from deliberate.generators import GeneratorSettings, check_fits, load_backend, pool_meta
 from deliberate.guidance import GuidanceSettings
-from deliberate.learner import build_learner, evaluate
+from deliberate.learner import accuracy, build_learner
 from deliberate.rundir import RunDir
+from deliberate.summary import loop_summary, summarize_run
 from deliberate.training import LearnerSettings, Trainer, cpu_rng, pool_sampler
 
 # Compute so far, logged in every metrics row: see deliberate.accounting for each key.
@@ -225,11 +226,11 @@ class Run:
         """Evaluate the EMA learner on real val (decides) and test (reported) images."""
         t0, st, tr, p = time.perf_counter(), self.state, self.trainer, self.cfg.practice
         step = tr.step_count
-        val = _accuracy(tr.ema, self.split.val_images, self.split.val_labels)
+        val = accuracy(tr.ema, self.split.val_images, self.split.val_labels)
         last = step >= tr.cfg.iterations
         test = None
         if last or (p.test_every and (st.evals + 1) % p.test_every == 0):
-            test = _accuracy(tr.ema, self.split.test_images, self.split.test_labels)
+            test = accuracy(tr.ema, self.split.test_images, self.split.test_labels)
         st.ledger["seconds_eval"] += time.perf_counter() - t0
         n_test = 0 if test is None else len(self.split.test_labels)
         accounting.add(st.ledger, learner_eval_images=len(self.split.val_labels) + n_test)
@@ -317,14 +318,8 @@ def run_practice(
         with distributed.main_first():  # rank 0 writes config.yaml; the others check theirs
             rd.claim(to_dict(cfg), clean=distributed.is_main(), defaults=to_dict(type(cfg)()))
         faults.point("run.claimed")
-        meta = {
-            "class_names": list(backend.class_names),
-            "num_classes": backend.num_classes,
-            "image_shape": [h, w] if c == 1 else [h, w, c],
-            "generator": backend.identifier,
-        }
         with distributed.main_first():  # rank 0 creates (or repairs) it, then the others open it
-            pool = Pool.open_or_create(rd.root / "pool", meta)  # refuses another generator's pool
+            pool = Pool.open_or_create(rd.root / "pool", pool_meta(backend))  # refuses another's
         faults.point("pool.created")
         main = Run(cfg, backend, split, pool, rd, progress, callback)
         main.restore(rd.load_checkpoint())
@@ -337,33 +332,9 @@ def run_practice(
         outs = [branches.finish_branch_out(main, *fork) for fork in main.state.forks]
         budgets = branches.budget_results(main) if cfg.learner.budgets else []
         prefixes = [branches.finish_prefix(main, n) for n in sorted(cfg.practice.prefixes)]
-        last = rd.metrics()[-1]
-        summary = {
-            "pool_size": main.state.pool_size,
-            "rounds": main.state.round,
-            "iterations": last["iteration"],
-            "val_acc": last["val_acc"],
-            "test_acc": last["test_acc"],
-            "branches": outs,
-            **({"budgets": budgets} if budgets else {}),
-            **({"prefixes": prefixes} if prefixes else {}),
-            **{k: last[k] for k in main.state.ledger},
-        }
+        summary = loop_summary(rd, main.state, branches=outs, budgets=budgets, prefixes=prefixes)
         if distributed.is_main():  # OOD, twins, shifted suite, Fig. 6 errors, compute; report
-            from deliberate.summary import summarize_run
-
             summary = summarize_run(rd, cfg, backend, main.trainer.ema, split, pool, classes,
                                     summary, progress)  # fmt: skip
         distributed.barrier()  # the report exists when any rank returns
     return summary
-
-
-def _accuracy(learner, images, labels) -> float:
-    """Top-1 accuracy; under torchrun each rank scores a block and the exact counts are summed.
-
-    Every rank thus gets the same number, so patience decisions agree without a broadcast.
-    """
-    part = distributed.block(len(labels))
-    n = part.stop - part.start
-    correct = round(evaluate(learner, images[part], labels[part]) * n)
-    return distributed.all_sum(correct) / max(len(labels), 1)

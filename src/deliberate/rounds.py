@@ -20,7 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from deliberate import accounting, distributed, faults
-from deliberate.data.pool import Pool, atomic_file
+from deliberate.data.files import atomic_file
+from deliberate.data.pool import Pool
 from deliberate.errors import DeliberateError
 from deliberate.generate import SampleFn, generate_into_pool
 from deliberate.generators.base import Backend, to_uint8

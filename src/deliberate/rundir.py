@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from deliberate import faults
-from deliberate.data.pool import atomic_file
+from deliberate.data.files import atomic_file
 from deliberate.errors import DeliberateError
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from deliberate import accounting
-from deliberate.data.pool import atomic_file
+from deliberate.data.files import atomic_file
 from deliberate.data.shifted import evaluate_shifted
 from deliberate.learner import _batched_logits
 
@@ -108,6 +108,22 @@ def finish_summary(
         summary, summary["learner_cost"], through
     )
     return write_summary(root, summary)
+
+
+def loop_summary(rd, state, *, branches: list, budgets: list, prefixes: list) -> dict:
+    """The run's own numbers: final pool and accuracies, its branches, the ledger so far."""
+    last = rd.metrics()[-1]
+    return {
+        "pool_size": state.pool_size,
+        "rounds": state.round,
+        "iterations": last["iteration"],
+        "val_acc": last["val_acc"],
+        "test_acc": last["test_acc"],
+        "branches": branches,
+        **({"budgets": budgets} if budgets else {}),
+        **({"prefixes": prefixes} if prefixes else {}),
+        **{k: last[k] for k in state.ledger},
+    }
 
 
 def summarize_run(rd, cfg, backend, learner, split, pool, classes, summary: dict,

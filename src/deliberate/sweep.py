@@ -35,7 +35,7 @@ from pathlib import Path
 import yaml
 
 from deliberate.config import load_config, read_yaml, to_dict
-from deliberate.data.pool import atomic_file
+from deliberate.data.files import atomic_file
 from deliberate.errors import DeliberateError
 from deliberate.rundir import RunDir
 from deliberate.summary import read_summary

@@ -52,7 +52,7 @@ def cmd_generate(args) -> int:
     from deliberate.data.imagefolder import ClassList, read_class_file
     from deliberate.data.pool import Pool
     from deliberate.generate import check_classes, generate_into_pool
-    from deliberate.generators import GeneratorSettings, load_backend
+    from deliberate.generators import GeneratorSettings, load_backend, pool_meta
     from deliberate.generators.latent import LatentSettings
     from deliberate.guidance import GuidanceSettings, learner_fingerprint
     from deliberate.report import save_sample_grid
@@ -94,14 +94,7 @@ def cmd_generate(args) -> int:
     faults.ensure_free_space(args.out, len(pairs) * (c * h * w + 1024), f"{len(pairs)} images")
     distributed.init("cpu")  # under torchrun: K CPU processes share the batches (gloo)
     with distributed.main_first():  # everything is checked: only now is anything written
-        pool = Pool.open_or_create(
-            args.out,
-            {
-                "class_names": list(backend.class_names),
-                "image_shape": [h, w] if c == 1 else [h, w, c],
-                "num_classes": backend.num_classes,
-            },
-        )
+        pool = Pool.open_or_create(args.out, pool_meta(backend, with_generator=False))
     with faults.graceful_stop():
         stats = generate_into_pool(
             backend,

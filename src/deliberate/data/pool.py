@@ -7,64 +7,24 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import json
 import os
-import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
 from deliberate import faults
+from deliberate.data.files import _dumps, _fsync_dir, _one_line, atomic_file
+from deliberate.data.shards import LOAD_ERRORS as _LOAD_ERRORS
+from deliberate.data.shards import PoolImages
 from deliberate.errors import DeliberateError
+
+__all__ = ["Pool", "PoolImages", "atomic_file", "RESERVED"]
 
 FORMAT, VERSION = "deliberate-pool", 1
 RESERVED = ("id", "shard", "index")  # assigned by the pool, never by the caller
-_LOAD_ERRORS = (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Flush a directory so that a rename inside it survives a power cut."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
-    """Yield a binary file that appears at `path` only once it is completely written and synced."""
-    path = Path(path)
-    # Same directory so os.replace is a rename, never a copy; the pool cleans `.*.tmp` leftovers.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
-def _plain(value: Any) -> Any:
-    """Turn NumPy scalars and arrays into plain Python so manifest rows round-trip exactly."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
-
-
-_dumps = functools.partial(json.dumps, default=_plain)
-
-
-def _one_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
 def _is_int(x: Any) -> bool:
@@ -482,69 +442,3 @@ def _check_meta(meta: Mapping[str, Any], root: Path) -> dict:
     if n is not None and (not isinstance(n, int) or n <= 0 or (names and n != len(names))):
         raise DeliberateError(f"{where}: num_classes={n!r} must be positive and match class_names")
     return meta
-
-
-def _npz_member_memmap(path: Path, member: str) -> np.memmap | None:
-    """Memory-map an uncompressed .npy member of an .npz in place; None when it is compressed.
-
-    `np.savez` stores members uncompressed (ZIP_STORED): the member's bytes are a plain .npy
-    file at a fixed offset, after the zip local header whose name and extra lengths vary.
-    """
-    with zipfile.ZipFile(path) as z:
-        info = z.getinfo(member)
-    if info.compress_type != zipfile.ZIP_STORED:
-        return None
-    with open(path, "rb") as f:
-        f.seek(info.header_offset)
-        local = f.read(30)  # the fixed part of the local file header
-        name_len, extra_len = (int.from_bytes(local[i : i + 2], "little") for i in (26, 28))
-        f.seek(info.header_offset + 30 + name_len + extra_len)
-        fmt = np.lib.format
-        version = fmt.read_magic(f)
-        read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-        shape, fortran, dtype = read(f)
-        offset = f.tell()
-    return np.memmap(path, dtype, "r", offset, shape, "F" if fortran else "C")
-
-
-class PoolImages:
-    """A pool's images by id, as a read-only lazy array (see `Pool.images_view`)."""
-
-    def __init__(self, shards: list[tuple[Path, int, int]], n: int, shape, corrupt):
-        self._shards, self._n, self.shape = shards, n, (n, *shape)
-        self._firsts = np.array([first for _, first, _ in shards], np.int64)
-        self._maps: dict[int, np.ndarray] = {}
-        self._corrupt = corrupt
-        self.dtype = np.dtype(np.uint8)
-
-    def __len__(self) -> int:
-        return self._n
-
-    def _shard(self, j: int) -> np.ndarray:
-        if j not in self._maps:
-            path, _, count = self._shards[j]
-            try:
-                images = _npz_member_memmap(path, "images.npy")
-                if images is None:  # a compressed shard (written by hand): load it whole
-                    with np.load(path, allow_pickle=False) as z:
-                        images = z["images"]
-            except _LOAD_ERRORS as e:
-                raise self._corrupt(path.name, _one_line(e)) from e
-            if len(images) != count or images.dtype != np.uint8:
-                raise self._corrupt(path.name, f"{len(images)} images, the manifest says {count}")
-            self._maps[j] = images
-        return self._maps[j]
-
-    def __getitem__(self, idx) -> np.ndarray:
-        """Images at integer ids (array-like, e.g. a sampler's batch) or a slice, in order."""
-        if isinstance(idx, slice):  # e.g. evaluation batches, images[s : s + 1000]
-            idx = np.arange(*idx.indices(self._n))
-        ids = np.asarray(idx, dtype=np.int64).reshape(-1)
-        if ids.size and (ids.min() < 0 or ids.max() >= self._n):
-            raise IndexError(f"image id out of range 0..{self._n - 1}")
-        out = np.empty((len(ids), *self.shape[1:]), np.uint8)
-        which = np.searchsorted(self._firsts, ids, side="right") - 1
-        for j in np.unique(which):
-            sel = which == j
-            out[sel] = self._shard(int(j))[ids[sel] - self._firsts[j]]
-        return out

@@ -78,3 +78,14 @@ def check_fits(backend, split) -> None:
             f"the generator makes {tuple(backend.image_shape)} images but the dataset has "
             f"{shape}; set generator.path to a generator trained on this dataset"
         )
+
+
+def pool_meta(backend, *, with_generator: bool = True) -> dict:
+    """What a pool records of the generator that fills it (`Pool.open_or_create` checks it)."""
+    c, h, w = backend.image_shape
+    meta = {
+        "class_names": list(backend.class_names),
+        "num_classes": backend.num_classes,
+        "image_shape": [h, w] if c == 1 else [h, w, c],
+    }
+    return {**meta, "generator": backend.identifier} if with_generator else meta
