@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from deliberate.compare import expand_dirs, load_run  # noqa: E402
 from deliberate.errors import DeliberateError  # noqa: E402
+from deliberate.report.runs import expand_dirs, load_run  # noqa: E402
 
 
 def fmt(values: list[float]) -> str:

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from deliberate.compare import label_of
 from deliberate.config import to_dict
 from deliberate.data.pool import Pool
 from deliberate.errors import DeliberateError
 from deliberate.generate import plan
 from deliberate.generators.pixel import load_pixel_backend
 from deliberate.practice import ROUND_STRIDE, load_run_learner, run_practice
+from deliberate.report.runs import label_of
 from deliberate.sampling import sample
 from deliberate.selection import score_stored, select_top_entropy
 from tests import test_practice
