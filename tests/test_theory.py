@@ -10,7 +10,7 @@ from scipy import integrate, stats
 
 from deliberate import theory, theory_cli
 from deliberate.errors import DeliberateError
-from deliberate.theory import KEEP_EASY, KEEP_HARD, STRATEGIES
+from deliberate.theory.model import KEEP_EASY, KEEP_HARD, STRATEGIES
 
 # ---------------------------------------------------------------------------------------------
 # Selection scalars (Eq. 15, Lemmas 1–2)
