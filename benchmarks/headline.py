@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from deliberate.errors import DeliberateError  # noqa: E402
-from deliberate.report import expand_dirs, load_run  # noqa: E402
+from deliberate.report.runs import expand_dirs, load_run  # noqa: E402
 
 
 def points(run: dict) -> list[tuple[int, int, float, float]]:

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from deliberate.compare import label_of
 from deliberate.config import to_dict
 from deliberate.data.pool import Pool
 from deliberate.errors import DeliberateError
 from deliberate.generators.pixel import load_pixel_backend
 from deliberate.practice import run_practice
+from deliberate.report.runs import label_of
 from deliberate.rounds import ROUND_STRIDE, plan
 from deliberate.rundir import load_learner
 from deliberate.sampling import sample

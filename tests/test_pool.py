@@ -17,7 +17,7 @@ from PIL import Image
 from deliberate.data.export import export_imagefolder, export_npz
 from deliberate.data.pool import Pool
 from deliberate.errors import DeliberateError
-from deliberate.report import (
+from deliberate.report.grids import (
     CELL_PX,
     PAD_PX,
     PANEL_TITLE_PX,

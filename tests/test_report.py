@@ -5,13 +5,13 @@ import json
 import numpy as np
 import pytest
 import yaml
-from deliberate.data.shifted import SHIFTS, shift_images, shifted_suite
 from PIL import Image
 
 from deliberate.cli import main
-from deliberate.compare import scaling_lines
 from deliberate.data.fashion_mnist import load_eval_split
+from deliberate.data.shifted import SHIFTS, shift_images, shifted_suite
 from deliberate.errors import DeliberateError
+from deliberate.report.compare import scaling_lines
 from deliberate.sweep import expand, load_spec
 from tests.test_practice import CONFIGS, generator, needs_data  # noqa: F401 (fixture)
 
@@ -129,7 +129,7 @@ def test_shipped_sweeps_expand_to_valid_configs(name, tmp_path):
 
 
 def test_cost_table_compares_prune_and_dp_at_the_same_pool():
-    from deliberate.compare import cost_table
+    from deliberate.report.tables import cost_table
 
     def run(method, label, pool, acc, compute):
         summary = {"pool_size": pool, "test_acc": acc, "generation_compute": compute}

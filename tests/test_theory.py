@@ -11,7 +11,7 @@ from scipy import integrate, stats
 from deliberate import theory
 from deliberate.cli import theory as theory_cli
 from deliberate.errors import DeliberateError
-from deliberate.theory import KEEP_EASY, KEEP_HARD, STRATEGIES
+from deliberate.theory.model import KEEP_EASY, KEEP_HARD, STRATEGIES
 
 # ---------------------------------------------------------------------------------------------
 # Selection scalars (Eq. 15, Lemmas 1–2)

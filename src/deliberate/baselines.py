@@ -190,7 +190,7 @@ def run_prune(cfg: PruneConfig, out_dir: str | Path, progress: bool = True, call
         }
         ema = run.trainer.ema
         final = finish_summary(trd.root, train_cfg, backend, ema, split, pool, final, progress)
-        from deliberate.report import write_practice_report
+        from deliberate.report.run import write_practice_report
 
         write_practice_report(trd.root, trd.metrics(), pool, final)
 

@@ -213,7 +213,7 @@ def run_sweep(
         )
         with atomic_file(root / "sweep.json") as f:
             f.write(json.dumps({"title": spec.get("title"), "points": rows}, indent=1).encode())
-    from deliberate.compare import write_report
+    from deliberate.report.compare import write_report
 
     report = Path(report_dir) if report_dir else root / "report"
     write_report([root / r["dir"] for r in rows], report, title=spec.get("title"))

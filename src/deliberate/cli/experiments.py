@@ -21,7 +21,7 @@ def _pct(v) -> str:
 
 def demo_table(out: Path) -> list[str]:
     """The demo's console table, from the run folders' summaries."""
-    from deliberate.compare import expand_dirs, load_run
+    from deliberate.report.runs import expand_dirs, load_run
 
     header = ("setting", "test acc %", "shifted %", "images", "generated", "iterations",
               "gen. compute")  # fmt: skip
@@ -81,7 +81,7 @@ def cmd_prune(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from deliberate.compare import write_report
+    from deliberate.report.compare import write_report
 
     path = write_report(args.runs, args.out, title=args.title)
     print(f"report: {path}")

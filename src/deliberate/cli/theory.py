@@ -1,7 +1,7 @@
 """`deliberate theory ...`: Theorem 1 / Corollary 1 predictions, the simulation check, Figs. 3/5c/7.
 
 `register(subparsers)` adds the `theory` command to the main parser; every leaf sets
-`func(args) -> int`. Handlers call `deliberate.theory` / `deliberate.theory_figures` and print;
+`func(args) -> int`. Handlers call `deliberate.theory` / `deliberate.theory.figures` and print;
 a `DeliberateError` propagates to the caller, which prints it as one line (exit code 2).
 """
 
@@ -77,7 +77,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_fig3(args) -> int:
-    from deliberate import theory_figures
+    from deliberate.theory import figures as theory_figures
 
     data = theory_figures.fig3(
         args.out, d=args.d, rho=args.rho, lam=args.lam, keep=args.keep,
@@ -89,7 +89,7 @@ def cmd_fig3(args) -> int:
 
 
 def cmd_fig5c(args) -> int:
-    from deliberate import theory_figures
+    from deliberate.theory import figures as theory_figures
 
     data = theory_figures.fig5c(
         args.out, d=args.d, rho=args.rho, lam=args.lam, sizes=args.m, ratio_max=args.ratio_max
@@ -101,7 +101,7 @@ def cmd_fig5c(args) -> int:
 
 
 def cmd_fig7(args) -> int:
-    from deliberate import theory_figures
+    from deliberate.theory import figures as theory_figures
 
     data = theory_figures.fig7(
         args.out, d=args.d, ns=args.n, lams=args.lam, rho=args.rho,

@@ -112,7 +112,7 @@ class _Checkpoint:
 
 
 def _save_grid(ema_backend: PixelBackend, path: Path, step: int) -> None:
-    from deliberate.report import save_sample_grid
+    from deliberate.report.grids import save_sample_grid
     from deliberate.sampling import SamplerSettings, sample
 
     n = ema_backend.num_classes

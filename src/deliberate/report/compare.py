@@ -19,139 +19,25 @@ show their mean, error bars one standard deviation.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from deliberate.data.pool import atomic_file
 from deliberate.data.shifted import DESCRIPTIONS, SHIFTS
 from deliberate.errors import DeliberateError
-from deliberate.report import DPI, FONT_PT, _save
-
-
-def _figure(width: float, height: float, cols: int = 1, rows: int = 1):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=DPI, facecolor="white")
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots(rows, cols, squeeze=False).ravel()
-
-
-# ---------------------------------------------------------------------------------- loading
-
-
-def _metrics(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-
-
-def label_of(kind: str, cfg: dict, summary: dict) -> tuple[str, str]:
-    """(method, label): method is static / DP / DP ω=0 / prune; label adds the knobs."""
-    if kind == "prune":
-        return "prune", f"prune R={summary['ratio']:g}"
-    p, omega = cfg["practice"], cfg["guidance"]["omega"]
-    if p["per_round"] == 0:  # sizes differ within a sweep: each is its own setting
-        return "static", f"static {p['max_images']:,}"
-    if p.get("oversample", 1) > 1:  # Fig. 5's protocol: candidates scored by the one learner
-        label = f"prune in loop R={p['oversample']:g}" + (f", ω={omega:g}" if omega else "")
-        return "prune in loop", label
-    method = "DP ω=0" if omega == 0 else "DP"
-    label = f"DP ω={omega:g}"
-    if p["patience_mode"] != "incremental":
-        label += f", fixed T={p['patience']}"
-    if p["new_data_weight"] != 1:
-        label += f", new data ×{p['new_data_weight']:g}"
-    return method, label
-
-
-def load_run(root: str | Path) -> dict:
-    """One finished run as a flat record (raises DeliberateError when it is not finished)."""
-    root = Path(root)
-    summary_file = root / "summary.json"
-    if not summary_file.exists():
-        raise DeliberateError(f"{root} has no summary.json: run (or resume) it to the end first")
-    summary = json.loads(summary_file.read_text())
-    cfg = yaml.safe_load((root / "config.yaml").read_text())
-    kind = summary.get("kind", "practice")
-    method, label = label_of(kind, cfg, summary)
-    train = root / "train" if kind == "prune" else root
-    return {
-        "dir": root,
-        "name": root.name,
-        "kind": kind,
-        "method": method,
-        "label": label,
-        "seed": cfg.get("seed", 0),
-        "omega": 0.0 if kind == "prune" else cfg["guidance"]["omega"],
-        "config": cfg,
-        "summary": summary,
-        "metrics": _metrics(train / "metrics.jsonl"),
-        "report_dir": train / "report",
-    }
-
-
-def expand_dirs(paths) -> list[Path]:
-    """Run folders from the paths given: a sweep folder stands for all its points."""
-    out = []
-    for p in map(Path, paths):
-        if (p / "sweep.json").exists():
-            points = json.loads((p / "sweep.json").read_text())["points"]
-            out += [p / r["dir"] for r in points]
-        elif (p / "config.yaml").exists():
-            out.append(p)
-        else:
-            raise DeliberateError(f"{p} holds no run (config.yaml) and no sweep (sweep.json)")
-    seen = set()  # a run named twice (itself and inside its sweep) counts once
-    return [p for p in out if not (p.resolve() in seen or seen.add(p.resolve()))]
-
-
-# ------------------------------------------------------------------------------- statistics
-
-
-def _ms(values) -> tuple[float, float]:
-    v = np.array([x for x in values if x is not None], float)
-    if not len(v):
-        return float("nan"), float("nan")
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
-
-
-def _fmt(values, scale: float = 100.0, digits: int = 2) -> str:
-    m, s = _ms([None if v is None else scale * v for v in values])
-    if np.isnan(m):
-        return "–"
-    return f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if len(values) > 1 else "")
-
-
-def _groups(runs: list[dict]) -> dict[str, list[dict]]:
-    groups = defaultdict(list)
-    for r in runs:
-        groups[r["label"]].append(r)
-    return dict(groups)
-
-
-def _series(points) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(x, mean, sd) of (x, y) points, y pooled over equal x."""
-    by_x = defaultdict(list)
-    for x, y in points:
-        if y is not None:
-            by_x[x].append(y)
-    xs = np.array(sorted(by_x), float)
-    stats = [_ms(by_x[x]) for x in sorted(by_x)]
-    return xs, np.array([m for m, _ in stats]), np.array([s for _, s in stats])
-
+from deliberate.report.plots import FONT_PT, figure, plain_log_xticks, save
+from deliberate.report.runs import by_label, expand_dirs, generated, load_run, mean_sd, series
+from deliberate.report.tables import cost_table, results_table, shifted_table
 
 STYLE = {"static": ("C0", "o"), "DP": ("C3", "s"), "DP ω=0": ("C2", "^"), "prune": ("C1", "D"),
          "prune in loop": ("C5", "P")}  # fmt: skip
 
 
 def _plot_series(ax, points, label, method, **kw):
-    x, m, s = _series(points)
+    x, m, s = series(points)
     if not len(x):
         return
     color, marker = STYLE.get(method, ("C4", "v"))
@@ -170,11 +56,6 @@ def _finish(ax, title: str, xlabel: str, ylabel: str = "real test accuracy (%)")
 # ------------------------------------------------------------------------------------ plots
 
 
-def _generated(run: dict) -> int:
-    s = run["summary"]
-    return int(s.get("images_generated") or s["pool_size"])
-
-
 def scaling_lines(runs: list[dict]) -> dict[str, tuple[str, list[tuple[int, float]]]]:
     """Fig. 4's curves: label -> (method, [(generated images, test accuracy)]).
 
@@ -184,7 +65,7 @@ def scaling_lines(runs: list[dict]) -> dict[str, tuple[str, list[tuple[int, floa
     for r in runs:
         label = "static" if r["method"] == "static" else r["label"]
         points = lines.setdefault(label, (r["method"], []))[1]
-        points.append((_generated(r), r["summary"]["test_acc"]))
+        points.append((generated(r), r["summary"]["test_acc"]))
         points += [(b["pool_size"], b["test_acc"]) for b in r["summary"].get("branches", [])]
     return lines
 
@@ -194,13 +75,13 @@ def plot_scaling(runs: list[dict], path: Path) -> Path | None:
     lines = scaling_lines(runs)
     if not lines:
         return None
-    fig, (ax,) = _figure(8, 5)
+    fig, (ax,) = figure(8, 5)
     for label, (method, points) in lines.items():
         _plot_series(ax, points, label, method, ls="-" if method != "prune" else ":")
     ax.set_xscale("log")
     _finish(ax, "Scaling: accuracy vs number of generated images (Fig. 4 analogue)",
             "generated images (log scale; DP: final pool and branch-outs; prune: candidates + N)")  # fmt: skip
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_prune(runs: list[dict], path: Path) -> Path | None:
@@ -212,43 +93,42 @@ def plot_prune(runs: list[dict], path: Path) -> Path | None:
     in_loop = [r for r in runs if r["method"] == "prune in loop"]
     if not prune and not in_loop:
         return None
-    fig, (ax,) = _figure(8, 5)
+    fig, (ax,) = figure(8, 5)
     if prune:
         _plot_series(ax, [(r["summary"]["ratio"], r["summary"]["test_acc"]) for r in prune],
                      "oversample-then-prune (scorer, then a fresh learner)", "prune")  # fmt: skip
     if in_loop:
-        points = [(r["config"]["practice"]["oversample"], r["summary"]["test_acc"]) for r in in_loop]
+        points = [
+            (r["config"]["practice"]["oversample"], r["summary"]["test_acc"]) for r in in_loop
+        ]
         _plot_series(ax, points, "prune in loop (the learner selects its rounds)", "prune in loop")
     prune += in_loop
     refs = [r for r in runs if r["kind"] != "prune" and r["method"] != "prune in loop"]
-    for i, (label, group) in enumerate(_groups(refs).items()):
-        m, _ = _ms([r["summary"]["test_acc"] for r in group])
+    for i, (label, group) in enumerate(by_label(refs).items()):
+        m, _ = mean_sd([r["summary"]["test_acc"] for r in group])
         pools = sorted({r["summary"]["pool_size"] for r in group})
         color = STYLE.get(group[0]["method"], ("C4",))[0] if i < 6 else None
         ax.axhline(100 * m, ls="--", lw=1, color=color,
                    label=f"{label} (pool {'/'.join(map(str, pools))})")  # fmt: skip
     ax.set_xscale("log", base=2)
-    from matplotlib.ticker import ScalarFormatter
-
     ratios = [r["summary"].get("ratio") or r["config"]["practice"]["oversample"] for r in prune]
-    ax.set_xticks(sorted(set(ratios)))
-    ax.xaxis.set_major_formatter(ScalarFormatter())
+    plain_log_xticks(ax, sorted(set(ratios)))
     sel = sorted({r["summary"]["pool_size"] for r in prune})
     _finish(ax, f"Oversample-then-prune: accuracy vs oversampling ratio (selected pool {sel})",
             "oversampling ratio R = candidates / kept (log2 scale)")  # fmt: skip
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_compute(runs: list[dict], path: Path) -> Path | None:
     """Fig. 5d: accuracy vs generation compute (denoiser-evaluation equivalents)."""
     if not any(r["summary"].get("generation_compute") for r in runs):
         return None
-    fig, (ax,) = _figure(8, 5)
+    fig, (ax,) = figure(8, 5)
     seen = set()
-    for label, group in _groups(runs).items():
+    for label, group in by_label(runs).items():
         method = group[0]["method"]
         color, marker = STYLE.get(method, ("C4", "v"))
-        (x, xs), (y, ys) = (_ms([r["summary"].get(k) for r in group]) for k in
+        (x, xs), (y, ys) = (mean_sd([r["summary"].get(k) for r in group]) for k in
                             ("generation_compute", "test_acc"))  # fmt: skip
         ax.errorbar(x, 100 * y, xerr=xs if len(group) > 1 else None,
                     yerr=100 * ys if len(group) > 1 else None, color=color, marker=marker,
@@ -259,7 +139,7 @@ def plot_compute(runs: list[dict], path: Path) -> Path | None:
     ax.set_xscale("log")
     _finish(ax, "Accuracy vs generation compute (Fig. 5d analogue)",
             "generation compute (denoiser-evaluation equivalents, log scale)")  # fmt: skip
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_omega(runs: list[dict], path: Path) -> Path | None:
@@ -271,7 +151,7 @@ def plot_omega(runs: list[dict], path: Path) -> Path | None:
     variants = {v: g for v, g in variants.items() if len({r["omega"] for r in g}) > 1}
     if not variants:
         return None
-    fig, (ax,) = _figure(8, 5)
+    fig, (ax,) = figure(8, 5)
     for i, (variant, group) in enumerate(variants.items()):
         name = f"DP{', ' + variant if variant else ''}"
         color = f"C{(2 * i + 3) % 10}"
@@ -282,11 +162,11 @@ def plot_omega(runs: list[dict], path: Path) -> Path | None:
     sizes = {r["summary"].get("pool_size") for g in variants.values() for r in g}
     static = [r for r in runs if r["method"] == "static" and r["summary"].get("pool_size") in sizes]
     if static:  # the static baseline at DP's final pool size
-        m, _ = _ms([r["summary"]["test_acc"] for r in static])
+        m, _ = mean_sd([r["summary"]["test_acc"] for r in static])
         ax.axhline(100 * m, color="C0", ls=":", label="static (clean test)")
     _finish(ax, "Guidance scale ablation: accuracy vs omega (omega = 0: no guidance)",
             "entropy-guidance scale omega (relative step |dx| / |x_t|)")  # fmt: skip
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_curves(runs: list[dict], path: Path) -> Path | None:
@@ -297,7 +177,7 @@ def plot_curves(runs: list[dict], path: Path) -> Path | None:
             first.setdefault(r["label"], r)  # one seed per setting keeps the plot readable
     if not first:
         return None
-    fig, (acc, pool) = _figure(9, 7, rows=2)
+    fig, (acc, pool) = figure(9, 7, rows=2)
     for i, (label, r) in enumerate(first.items()):
         rows = r["metrics"]
         it = [x["iteration"] for x in rows]
@@ -317,18 +197,18 @@ def plot_curves(runs: list[dict], path: Path) -> Path | None:
     for ax in (acc, pool):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=FONT_PT - 1, loc="best")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_hardness(runs: list[dict], path: Path) -> Path | None:
     """Fig. 6: per round, the error on its images when added and under the final learner."""
     dp = [r for r in runs if r["method"] in ("DP", "DP ω=0", "prune")]
-    groups = {lab: g for lab, g in _groups(dp).items()
+    groups = {lab: g for lab, g in by_label(dp).items()
               if any(e.get("error_when_added") is not None for r in g
                      for e in r["summary"].get("round_errors", []))}  # fmt: skip
     if not groups:
         return None
-    fig, (ax,) = _figure(8, 5)
+    fig, (ax,) = figure(8, 5)
     for i, (label, group) in enumerate(groups.items()):
         color = f"C{i % 10}"
         added, final = [], []
@@ -338,7 +218,7 @@ def plot_hardness(runs: list[dict], path: Path) -> Path | None:
                     added.append((e["round"], e["error_when_added"]))
                 final.append((e["round"], e["error_final"]))
         for pts, ls, what in ((added, "-", "when added"), (final, "--", "final learner")):
-            x, m, s = _series(pts)
+            x, m, s = series(pts)
             ax.errorbar(x, 100 * m, yerr=100 * s, color=color, ls=ls, marker="o", capsize=3,
                         label=f"{label}: {what}")  # fmt: skip
     ax.set_xticks(sorted({e["round"] for g in groups.values() for r in g
@@ -346,7 +226,7 @@ def plot_hardness(runs: list[dict], path: Path) -> Path | None:
     _finish(ax, "Error on each round's images: when added vs after training (Fig. 6 analogue)",
             "round (0 = initial plain images; prune: 1 = kept candidates)",
             "learner error on the round's images (%)")  # fmt: skip
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_stages(runs: list[dict], path: Path) -> Path | None:
@@ -362,7 +242,7 @@ def plot_stages(runs: list[dict], path: Path) -> Path | None:
         return None
     errors = [e for e in run["summary"]["round_errors"] if "error_by_stage" in e]
     stages = sorted({int(j) for e in errors for j in e["error_by_stage"]})
-    fig, (ax,) = _figure(8, 5)
+    fig, (ax,) = figure(8, 5)
     x = np.arange(len(stages) + 1)
     for e in errors:
         k = e["round"]
@@ -376,20 +256,20 @@ def plot_stages(runs: list[dict], path: Path) -> Path | None:
     _finish(ax, f"Error on each round's images as training goes on (Fig. 6 analogue; {run['name']})",
             "learner: the EMA at each plateau (branch-out checkpoint), then the final learner",
             "error on the round's images (%)")  # fmt: skip
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_shifted(runs: list[dict], path: Path) -> Path | None:
     """Accuracy on the clean and each shifted test set, one bar group per test set."""
-    groups = {lab: g for lab, g in _groups(runs).items() if "shifted" in g[0]["summary"]}
+    groups = {lab: g for lab, g in by_label(runs).items() if "shifted" in g[0]["summary"]}
     if not groups:
         return None
     sets = ["clean", *SHIFTS, "mean"]
-    fig, (ax,) = _figure(10, 5)
+    fig, (ax,) = figure(10, 5)
     width = 0.8 / len(groups)
     for i, (label, group) in enumerate(groups.items()):
         vals = [
-            _ms(
+            mean_sd(
                 [
                     r["summary"]["test_acc"] if s == "clean" else r["summary"]["shifted"][s]
                     for r in group
@@ -403,75 +283,8 @@ def plot_shifted(runs: list[dict], path: Path) -> Path | None:
                label=label, color=f"C{i % 10}")  # fmt: skip
     ax.set_xticks(np.arange(len(sets)), sets)
     _finish(ax, "Accuracy on the real test set (9,000) and its shifted copies (1,500 each)",
-            "test set (shifted copies: deliberate.shifted)")  # fmt: skip
-    return _save(fig, path)
-
-
-# ------------------------------------------------------------------------------------ table
-
-
-def results_table(runs: list[dict]) -> list[str]:
-    """Markdown rows: one per setting, mean ± sd over its seeds."""
-    lines = [
-        "| setting | seeds | training images | generated | discarded | iterations | "
-        "real val % | real test % | shifted mean % | generation compute | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for label, g in _groups(runs).items():
-        s = [r["summary"] for r in g]
-        pools = "/".join(str(x) for x in sorted({x["pool_size"] for x in s}))
-        gen = "/".join(str(x) for x in sorted({_generated(r) for r in g}))
-        disc = "/".join(str(x) for x in sorted({x.get("images_discarded", 0) for x in s}))
-        its = "/".join(str(x) for x in sorted({x["iterations"] for x in s}))
-        comp = _ms([x.get("generation_compute") for x in s])[0]
-        wall = _ms([sum(x.get(k, 0) for k in x if k.startswith("seconds_") and k != "seconds_guidance")
-                    for x in s])[0]  # fmt: skip
-        lines.append(
-            f"| {label} | {len(g)} | {pools} | {gen} | {disc} | {its} | "
-            f"{_fmt([x['val_acc'] for x in s])} | {_fmt([x['test_acc'] for x in s])} | "
-            f"{_fmt([x.get('shifted', {}).get('mean') for x in s])} | {comp:.3g} | {wall:.0f} |"
-        )
-    return lines
-
-
-def cost_table(runs: list[dict]) -> list[str]:
-    """Prune vs guided DP at the same training pool: accuracy difference and compute ratio."""
-    groups = _groups(runs)
-    prune = {lab: g for lab, g in groups.items() if g[0]["method"] == "prune"}
-    dp = {lab: g for lab, g in groups.items() if g[0]["method"] == "DP"}
-    lines = []
-    for plab, pg in prune.items():
-        pool = _ms([r["summary"]["pool_size"] for r in pg])[0]
-        for dlab, dg in dp.items():
-            if abs(_ms([r["summary"]["pool_size"] for r in dg])[0] - pool) > 0.05 * pool:
-                continue  # only at (about) the same selected size
-            pa, pc = (
-                _ms([r["summary"].get(k) for r in pg])[0]
-                for k in ("test_acc", "generation_compute")
-            )
-            da, dc = (
-                _ms([r["summary"].get(k) for r in dg])[0]
-                for k in ("test_acc", "generation_compute")
-            )
-            lines.append(
-                f"| {dlab} | {plab} | {pool:.0f} | {100 * (da - pa):+.2f} | {pc / dc:.2f}× |"
-            )
-    if not lines:
-        return []
-    return ["| DP | prune | training images | DP − prune test acc (points) | prune / DP generation compute |",
-            "|---|---|---|---|---|", *lines]  # fmt: skip
-
-
-def shifted_table(runs: list[dict]) -> list[str]:
-    sets = [*SHIFTS, "mean"]
-    lines = ["| setting | clean | " + " | ".join(sets) + " |", "|---" * (len(sets) + 2) + "|"]
-    for label, g in _groups(runs).items():
-        s = [r["summary"] for r in g if "shifted" in r["summary"]]
-        if s:
-            cells = [_fmt([x["shifted"][k] for x in s], digits=1) for k in sets]
-            lines.append(f"| {label} | {_fmt([x['test_acc'] for x in s], digits=1)} | "
-                         + " | ".join(cells) + " |")  # fmt: skip
-    return lines
+            "test set (shifted copies: deliberate.data.shifted)")  # fmt: skip
+    return save(fig, path)
 
 
 def write_report(paths, out: str | Path, title: str | None = None) -> Path:

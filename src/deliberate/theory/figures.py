@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from deliberate import theory
 from deliberate.errors import DeliberateError
+from deliberate.report.plots import figure, save
+from deliberate.theory.model import KEEP_EASY, KEEP_HARD, STRATEGIES, check_params, predicted_error
+from deliberate.theory.simulate import CheckPoint, simulate
 
 
 @dataclass
@@ -24,25 +26,10 @@ class FigureData:
     path: Path
     x: np.ndarray
     curves: dict[str, np.ndarray]
-    points: list[theory.CheckPoint] = field(default_factory=list)
+    points: list[CheckPoint] = field(default_factory=list)
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, out: str | Path) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    fig.savefig(tmp, dpi=130, bbox_inches="tight", format="png")
-    tmp.replace(out)  # a half-written PNG never carries the final name
-    return out
+DPI = 130  # the resolution of the theory PNGs (drawn at report.plots.DPI, cropped to what is drawn)
 
 
 def _keep_label(p: float) -> str:
@@ -58,23 +45,21 @@ def fig3(
     keep: Sequence[float] = (0.1, 0.5, 0.8, 0.9, 1.0),
     m_min: float = 2**9,
     m_max: float = 2**14,
-    strategy: str = theory.KEEP_HARD,
+    strategy: str = KEEP_HARD,
 ) -> FigureData:
     """Fig. 3: accuracy 1 − E_test (Theorem 1) against the selected size m = np, one curve per p.
 
     For each kept fraction p and selected size m, the pool is n = m/p, so ϕ = dp/m.
     """
-    theory.check_params(d=d, lam=lam, rho=rho, p=keep, strategy=strategy)
+    check_params(d=d, lam=lam, rho=rho, p=keep, strategy=strategy)
     if not 0 < m_min < m_max:
         raise DeliberateError(f"m range [{m_min:g}, {m_max:g}] is invalid: need 0 < m_min < m_max")
     powers = np.exp2(np.arange(np.ceil(np.log2(m_min)), np.log2(m_max) + 1e-9))
     m = np.union1d(np.geomspace(m_min, m_max, 160), powers)  # powers of 2 exactly, for tables
     curves = {
-        _keep_label(p): 100 * (1 - theory.predicted_error(d, m / p, lam, rho, p, strategy))
-        for p in keep
+        _keep_label(p): 100 * (1 - predicted_error(d, m / p, lam, rho, p, strategy)) for p in keep
     }
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.0, 4.2))
+    fig, (ax,) = figure(6.0, 4.2)
     for label, acc in curves.items():
         ax.plot(m, acc, label=label, lw=2)
     ax.set_xscale("log", base=2)
@@ -83,8 +68,7 @@ def fig3(
     ax.set_title(f"Fig. 3 (Theorem 1): {strategy}, d = {d}, ρ = {rho:g}, λ = {lam:g}")
     ax.grid(alpha=0.3)
     ax.legend(title="kept fraction p")
-    path = _save(fig, out)
-    plt.close(fig)
+    path = save(fig, out, dpi=DPI, tight="bbox")
     return FigureData(path=path, x=m, curves=curves)
 
 
@@ -96,10 +80,10 @@ def fig5c(
     lam: float = 0.01,
     sizes: Sequence[float] = (1024,),
     ratio_max: float = 18.0,
-    strategy: str = theory.KEEP_HARD,
+    strategy: str = KEEP_HARD,
 ) -> FigureData:
     """Fig. 5c: accuracy against the over-sampling ratio R = n/m = 1/p at a fixed selected size m."""
-    theory.check_params(d=d, lam=lam, rho=rho, strategy=strategy)
+    check_params(d=d, lam=lam, rho=rho, strategy=strategy)
     if min(sizes) <= 0:
         raise DeliberateError(f"m = {min(sizes):g} is out of range: m must be > 0")
     if not ratio_max > 1:
@@ -107,12 +91,10 @@ def fig5c(
     marks = np.array([1.5, 2, 3, 4, 6, 8, 12, 18])
     ratio = np.union1d(np.linspace(1.0, ratio_max, 241), marks[marks < ratio_max])
     curves = {
-        f"m = {m:g}": 100
-        * (1 - theory.predicted_error(d, m * ratio, lam, rho, 1 / ratio, strategy))
+        f"m = {m:g}": 100 * (1 - predicted_error(d, m * ratio, lam, rho, 1 / ratio, strategy))
         for m in sizes
     }
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.0, 4.2))
+    fig, (ax,) = figure(6.0, 4.2)
     for label, acc in curves.items():
         (line,) = ax.plot(ratio, acc, lw=2, label=label)
         best = int(np.argmax(acc))
@@ -124,8 +106,7 @@ def fig5c(
     ax.set_title(f"Fig. 5c (Theorem 1): {strategy}, d = {d}, ρ = {rho:g}, λ = {lam:g}")
     ax.grid(alpha=0.3)
     ax.legend(title="selected size (examples)")
-    path = _save(fig, out)
-    plt.close(fig)
+    path = save(fig, out, dpi=DPI, tight="bbox")
     return FigureData(path=path, x=ratio, curves=curves)
 
 
@@ -145,41 +126,35 @@ def fig7(
     Rows with λ < 1e-3 draw Corollary 1 (λ → 0⁺), the others Theorem 1 at that λ; the simulation
     always uses the row's λ. The dashed line marks the interpolation threshold np = d.
     """
-    theory.check_params(d=d, n=ns, lam=lams, rho=rho, p=sim_ps)
+    check_params(d=d, n=ns, lam=lams, rho=rho, p=sim_ps)
     if trials < 0:
         raise DeliberateError(f"trials = {trials} is out of range: use 0 (no simulation) or more")
     p = np.linspace(0.005, 1.0, 400)
     curves: dict[str, np.ndarray] = {}
-    points: list[theory.CheckPoint] = []
-    selections = [(s, float(q)) for s in theory.STRATEGIES for q in sim_ps]
+    points: list[CheckPoint] = []
+    selections = [(s, float(q)) for s in STRATEGIES for q in sim_ps]
     for n in ns:
         sim = None
         if trials > 0:
-            sim = theory.simulate(d, n, lams, rho, selections, trials=trials, seed=seed)
+            sim = simulate(d, n, lams, rho, selections, trials=trials, seed=seed)
         for li, lam in enumerate(lams):
-            for s in theory.STRATEGIES:
+            for s in STRATEGIES:
                 lam_curve = 0.0 if lam < 1e-3 else lam
-                curves[f"n={n} lam={lam:g} {s}"] = theory.predicted_error(
-                    d, n, lam_curve, rho, p, s
-                )
+                curves[f"n={n} lam={lam:g} {s}"] = predicted_error(d, n, lam_curve, rho, p, s)
             for j, (s, q) in enumerate(selections if sim is not None else []):
                 errs = sim[:, j, li]
                 se = errs.std(ddof=1) / np.sqrt(trials) if trials > 1 else float("nan")
-                pred = float(theory.predicted_error(d, n, lam, rho, q, s))
-                points.append(
-                    theory.CheckPoint(d, n, lam, rho, q, s, pred, float(errs.mean()), float(se))
-                )
+                pred = float(predicted_error(d, n, lam, rho, q, s))
+                points.append(CheckPoint(d, n, lam, rho, q, s, pred, float(errs.mean()), float(se)))
 
-    plt = _pyplot()
-    colors = {theory.KEEP_HARD: "tab:red", theory.KEEP_EASY: "tab:blue"}
-    fig, axes = plt.subplots(
-        len(lams), len(ns), figsize=(3.6 * len(ns), 3.0 * len(lams)), sharex=True, squeeze=False
-    )
+    colors = {KEEP_HARD: "tab:red", KEEP_EASY: "tab:blue"}
+    fig, flat = figure(3.6 * len(ns), 3.0 * len(lams), len(lams), len(ns), sharex=True)
+    axes = flat.reshape(len(lams), len(ns))
     for li, lam in enumerate(lams):
         for ni, n in enumerate(ns):
             ax = axes[li, ni]
             form = "Corollary 1, λ → 0⁺" if lam < 1e-3 else "Theorem 1"
-            for s in theory.STRATEGIES:
+            for s in STRATEGIES:
                 ax.plot(p, curves[f"n={n} lam={lam:g} {s}"], color=colors[s], lw=1.8,
                         label=f"{s} (theory)")  # fmt: skip
                 pts = [c for c in points if c.n == n and c.lam == lam and c.strategy == s]
@@ -205,6 +180,5 @@ def fig7(
     sim_note = f"{trials} trials per dot, ±1 s.e." if trials > 0 else "no simulation"
     fig.suptitle(f"Fig. 7: test error vs kept fraction, d = {d}, ρ = {rho:g} ({sim_note})")
     fig.tight_layout(rect=(0, 0.08, 1, 1))
-    path = _save(fig, out)
-    plt.close(fig)
+    path = save(fig, out, dpi=DPI, tight="bbox")
     return FigureData(path=path, x=p, curves=curves, points=points)
