@@ -68,6 +68,9 @@ KILLS = [
     ("report.started", 1),
     ("report.written", 1),
 ]
+# Budget branches (learner.budgets) instead of branch-outs: the 20-step budget forks at step 16.
+BUDGETS = ["practice.branch_outs=false", "learner.budgets=[20]"]
+BUDGET_KILLS = [("budget.forked", 1), ("train.step", 30), ("checkpoint.renamed", 6)]
 
 
 def cli_args(out: Path, generator: str) -> list[str]:
@@ -192,8 +195,29 @@ def test_killed_run_resumes_to_the_identical_result(point, n, reference, generat
     assert_same_result(reference, out)
 
 
+@needs_data
+@pytest.mark.parametrize("point,n", BUDGET_KILLS, ids=[f"{p}:{n}" for p, n in BUDGET_KILLS])
+def test_killed_budget_run_resumes_to_the_identical_result(point, n, generator, tmp_path):
+    budget = [f"--set={s}" for s in BUDGETS]
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    assert fork_run([*cli_args(ref, generator), *budget]) == 0, ref.with_suffix(".err").read_text()
+    args = [*cli_args(out, generator), *budget]
+    assert fork_run(args, f"{point}:{n}") == -signal.SIGKILL, f"{point}:{n} was never reached"
+    assert fork_run(args) == 0, (tmp_path / "run.err").read_text()
+    for name in sorted(p.relative_to(ref).as_posix() for p in (ref / "pool").rglob("*")
+                       if p.is_file()):  # fmt: skip
+        assert (ref / name).read_bytes() == (out / name).read_bytes(), name
+    for sub in ("", "budgets/iters-20/"):
+        assert metrics(out / sub / "metrics.jsonl") == metrics(ref / sub / "metrics.jsonl"), sub
+    result = "budgets/iters-20/result.json"
+    assert json.loads((out / result).read_text()) == json.loads((ref / result).read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    assert [b["iterations"] for b in summary["budgets"]] == [20, 40]
+
+
 def test_every_kill_point_is_placed_and_tested():
-    assert sorted({p for p, _ in KILLS}) == sorted(faults.POINTS) and len(faults.POINTS) >= 20
+    tested = {p for p, _ in KILLS} | {p for p, _ in BUDGET_KILLS}
+    assert sorted(tested) == sorted(faults.POINTS) and len(faults.POINTS) >= 20
     source = "".join(p.read_text() for p in (SRC / "deliberate").rglob("*.py"))
     for name in faults.POINTS:
         assert f'point("{name}")' in source, name

@@ -24,11 +24,10 @@ from deliberate.errors import DeliberateError
 from deliberate.rundir import RunDir
 
 
-def _fork(run, folder, state, point: str) -> None:
+def _fork(run, folder, state) -> None:
     if distributed.is_main():
         folder.mkdir(parents=True, exist_ok=True)
     run.checkpoint(folder / "fork.pt", state)
-    faults.point(point)
 
 
 def save_branch_out(run) -> None:
@@ -36,7 +35,8 @@ def save_branch_out(run) -> None:
     st = run.state
     st.forks.append([st.round, run.trainer.step_count, st.pool_size])
     branch = dataclasses.replace(st, pending=False, evals=0, forks=[])
-    _fork(run, run.rd.root / "branches" / f"round-{st.round}", branch, "fork.saved")
+    _fork(run, run.rd.root / "branches" / f"round-{st.round}", branch)
+    faults.point("fork.saved")
 
 
 def save_budget_fork(run, iterations: int) -> None:
@@ -45,7 +45,8 @@ def save_budget_fork(run, iterations: int) -> None:
     if (folder / "fork.pt").exists() or (folder / "checkpoint.pt").exists():
         return  # a resumed run passes the same step again
     state = dataclasses.replace(run.state, evals=0, forks=[], losses=list(run.state.losses))
-    _fork(run, folder, state, "budget.forked")
+    _fork(run, folder, state)
+    faults.point("budget.forked")
 
 
 def _cached(rd: RunDir) -> dict | None:
