@@ -182,6 +182,34 @@ def _learner_accuracy(root: Path, pool, split) -> dict:
                                                      split.test_labels, pool.num_classes)}
 
 
+def attach_quality(runs: list[dict], *, progress: bool = False) -> str | None:
+    """Add `run["quality"]` to every Fashion-MNIST-shaped run (cached in its quality.json).
+
+    Returns None, or one line saying why no run could be measured (no judge, no data).
+    """
+    from deliberate.data.fashion_mnist import load_eval_split
+    from deliberate.data.pool import Pool
+
+    fits = []
+    for run in runs:
+        pool_dir = Path(run["dir"]) / "pool"
+        if run.get("kind") == "practice" and (pool_dir / "pool.json").exists():
+            pool = Pool(pool_dir)
+            if pool.num_classes == 10 and tuple(pool.image_shape) == (28, 28):
+                fits.append(run)
+    if not fits:
+        return None
+    try:
+        judge = load_judge()
+        data_dir = fits[0].get("config", {}).get("data_dir")
+        split = load_eval_split(data_dir)
+    except DeliberateError as e:
+        return f"pool quality not measured: {e}"
+    for run in fits:
+        run["quality"] = run_quality(run["dir"], judge, split)
+    return None
+
+
 def train_judge(data_dir: str | None = None, out: str | Path = JUDGE) -> Learner:
     """Train the judge on the 60k real training images (benchmarks/generator.py's recipe)."""
     from safetensors.torch import save_file

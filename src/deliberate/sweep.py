@@ -216,7 +216,8 @@ def run_sweep(
     from deliberate.report.compare import write_report
 
     report = Path(report_dir) if report_dir else root / "report"
-    write_report([root / r["dir"] for r in rows], report, title=spec.get("title"))
+    # pool quality is left to `deliberate report` (it reads the real test set and a judge)
+    write_report([root / r["dir"] for r in rows], report, title=spec.get("title"), quality=False)
     return rows
 
 

@@ -83,7 +83,7 @@ def cmd_prune(args) -> int:
 def cmd_report(args) -> int:
     from deliberate.report.compare import write_report
 
-    path = write_report(args.runs, args.out, title=args.title)
+    path = write_report(args.runs, args.out, title=args.title, quality=not args.no_quality)
     print(f"report: {path}")
     return 0
 
@@ -144,4 +144,7 @@ def register(subparsers) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run or sweep folders")
     p.add_argument("--out", default="runs/report", help="report folder")
     p.add_argument("--title", default=None, help="report title")
+    p.add_argument("--no-quality", action="store_true",
+                   help="skip the pool-quality measurements (fidelity, FD, precision/recall/"
+                   "density/coverage against the real test images)")  # fmt: skip
     p.set_defaults(func=cmd_report)

@@ -30,7 +30,7 @@ from deliberate.data.shifted import DESCRIPTIONS, SHIFTS
 from deliberate.errors import DeliberateError
 from deliberate.report.plots import FONT_PT, figure, plain_log_xticks, save
 from deliberate.report.runs import by_label, expand_dirs, generated, load_run, mean_sd, series
-from deliberate.report.tables import cost_table, results_table, shifted_table
+from deliberate.report.tables import cost_table, quality_table, results_table, shifted_table
 
 STYLE = {"static": ("C0", "o"), "DP": ("C3", "s"), "DP ω=0": ("C2", "^"), "prune": ("C1", "D"),
          "prune in loop": ("C5", "P")}  # fmt: skip
@@ -287,12 +287,21 @@ def plot_shifted(runs: list[dict], path: Path) -> Path | None:
     return save(fig, path)
 
 
-def write_report(paths, out: str | Path, title: str | None = None) -> Path:
-    """Load the runs (sweep folders expand), write every plot they support and report.md."""
+def write_report(paths, out: str | Path, title: str | None = None, quality: bool = True) -> Path:
+    """Load the runs (sweep folders expand), write every plot they support and report.md.
+
+    With `quality`, each Fashion-MNIST run's pool is measured against the real test images
+    (deliberate.quality: fidelity, FD, precision/recall/density/coverage; cached per run).
+    """
     out = Path(out)
     runs = [load_run(p) for p in expand_dirs(paths)]
     if not runs:
         raise DeliberateError("no runs to report; pass run or sweep folders")
+    note = None
+    if quality:
+        from deliberate.quality import attach_quality
+
+        note = attach_quality(runs)
     plots = {
         "scaling.png": plot_scaling,
         "prune.png": plot_prune,
@@ -322,6 +331,13 @@ def write_report(paths, out: str | Path, title: str | None = None) -> Path:
         "Shifts: " + "; ".join(f"{k}: {v}" for k, v in DESCRIPTIONS.items()) + ".",
         "",
     ]
+    if qual := quality_table(runs):
+        lines += ["## Pool quality (judge features vs the real test images)", "", *qual, "",
+                  "A judge trained on the 60k real training images; k = 5 nearest neighbours; "
+                  "precision/density measure realism, recall/coverage diversity "
+                  "(`deliberate.quality`).", ""]  # fmt: skip
+    elif note:
+        lines += [note, ""]
     for name in made:
         lines += [f"![{name}]({name})", ""]
     grids = [r for r in runs if (r["report_dir"] / "plain-vs-guided-round-1.png").exists()]

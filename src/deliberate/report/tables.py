@@ -68,3 +68,47 @@ def shifted_table(runs: list[dict]) -> list[str]:
             lines.append(f"| {label} | {fmt_mean_sd([x['test_acc'] for x in s], digits=1)} | "
                          + " | ".join(cells) + " |")  # fmt: skip
     return lines
+
+
+QUALITY = ("fidelity", "fd", "precision", "recall", "density", "coverage")
+
+
+def _quality_cells(rows: list[dict]) -> str:
+    cells = []
+    for key in QUALITY:
+        scale, digits = (1.0, 2) if key == "fd" else (100.0, 1)
+        cells.append(fmt_mean_sd([r[key] for r in rows], scale=scale, digits=digits))
+    return " | ".join(cells)
+
+
+def quality_table(runs: list[dict]) -> list[str]:
+    """Pool quality per setting (deliberate.quality) and, for DP, per round; [] if unmeasured."""
+    groups = {lab: [r for r in g if "quality" in r] for lab, g in by_label(runs).items()}
+    groups = {lab: g for lab, g in groups.items() if g}
+    if not groups:
+        return []
+    head = "| fidelity % | FD | precision % | recall % | density % | coverage % |"
+    lines = ["| setting | seeds | images | " + head.lstrip("| "), "|---" * 9 + "|"]
+    for label, g in groups.items():
+        q = [r["quality"]["pool"] for r in g]
+        lines.append(f"| {label} | {len(g)} | {q[0]['images']} | {_quality_cells(q)} |")
+    rounds = [(lab, g) for lab, g in groups.items() if "rounds" in g[0]["quality"]]
+    if rounds:
+        lines += ["", "Per round (DP: round 0 is plain, rounds >= 1 guided by the learner then):", "",
+                  "| setting | round | images | " + head.lstrip("| "), "|---" * 9 + "|"]  # fmt: skip
+        for label, g in rounds:
+            for k in sorted(g[0]["quality"]["rounds"], key=int):
+                q = [r["quality"]["rounds"][k] for r in g if k in r["quality"]["rounds"]]
+                lines.append(f"| {label} | {k} | {q[0]['images']} | {_quality_cells(q)} |")
+    accs = [(lab, [r["quality"]["per_class_test_acc"] for r in g
+                   if "per_class_test_acc" in r["quality"]]) for lab, g in groups.items()]  # fmt: skip
+    accs = [(lab, a) for lab, a in accs if a]
+    if accs:
+        n = len(accs[0][1][0])
+        lines += ["", "Per-class real test accuracy % of the final learner (mean over seeds):", "",
+                  "| setting | " + " | ".join(str(c) for c in range(n)) + " |",
+                  "|---" * (n + 1) + "|"]  # fmt: skip
+        for label, a in accs:
+            means = [100 * sum(x[c] for x in a) / len(a) for c in range(n)]
+            lines.append(f"| {label} | " + " | ".join(f"{m:.1f}" for m in means) + " |")
+    return lines
