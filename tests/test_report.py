@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 import yaml
-from deliberate.shifted import SHIFTS, shift_images, shifted_suite
 from PIL import Image
 
 from deliberate.cli import main
 from deliberate.compare import scaling_lines
 from deliberate.data.fashion_mnist import load_eval_split
+from deliberate.data.shifted import SHIFTS, shift_images, shifted_suite
 from deliberate.errors import DeliberateError
 from deliberate.sweep import expand, load_spec
 from tests.test_practice import CONFIGS, generator, needs_data  # noqa: F401 (fixture)
