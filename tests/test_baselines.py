@@ -9,8 +9,7 @@ from deliberate.cli import main
 from deliberate.data.pool import Pool
 from deliberate.errors import DeliberateError
 from deliberate.selection import select_top_entropy
-from tests.test_practice import CONFIGS, generator, needs_data  # noqa: F401 (fixture)
-from tests.test_report import TINY
+from tests.helpers import CONFIGS, TINY_RUN, needs_data
 
 
 def test_selection_keeps_the_highest_entropy_per_class():
@@ -26,9 +25,9 @@ def test_selection_keeps_the_highest_entropy_per_class():
 
 
 @needs_data
-def test_prune_run_keeps_top_entropy_counts_discards_and_reports(tmp_path, generator, capsys):  # noqa: F811
+def test_prune_run_keeps_top_entropy_counts_discards_and_reports(tmp_path, generator, capsys):
     out = tmp_path / "prune"
-    sets = [f"--set={s}" for s in [*TINY, f"generator.path={generator}", "prune.ratio=3",
+    sets = [f"--set={s}" for s in [*TINY_RUN, f"generator.path={generator}", "prune.ratio=3",
                                    "prune.selected=20"]]  # fmt: skip
     assert main(["prune", str(CONFIGS / "tiny.yaml"), "--out", str(out), "--quiet", *sets]) == 0
     assert "kept 20 of 60 candidates (R = 3)" in capsys.readouterr().out

@@ -12,7 +12,7 @@ import pytest
 from deliberate.errors import DeliberateError
 from deliberate.practice import run_practice
 from deliberate.training import TrainConfig, wsd_lr
-from tests.test_practice import generator, needs_data, tiny_config  # noqa: F401
+from tests.helpers import needs_data, tiny_config
 
 KEYS = ("iteration", "pool_size", "round", "val_acc", "train_loss", "lr", "phase")
 
@@ -33,7 +33,7 @@ def test_shared_warmup_schedule_is_one_trajectory_until_cooldown():
 
 
 @needs_data
-def test_budget_branch_equals_a_separate_short_run(tmp_path, generator):  # noqa: F811
+def test_budget_branch_equals_a_separate_short_run(tmp_path, generator):
     common = ["practice.branch_outs=false"]
     trunk = tiny_config(generator, *common, "learner.iterations=300", "learner.budgets=[150]")
     summary = run_practice(trunk, tmp_path / "trunk", progress=False)
@@ -51,7 +51,7 @@ def test_budget_branch_equals_a_separate_short_run(tmp_path, generator):  # noqa
 
 
 @needs_data
-def test_prefix_learner_equals_a_separate_static_run(tmp_path, generator):  # noqa: F811
+def test_prefix_learner_equals_a_separate_static_run(tmp_path, generator):
     static = ["practice.per_round=0", "practice.branch_outs=false"]
     big = tiny_config(generator, *static, "practice.initial=200", "practice.max_images=200",
                       "practice.prefixes=[100]", "learner.budgets=[100]")  # fmt: skip
@@ -68,7 +68,7 @@ def test_prefix_learner_equals_a_separate_static_run(tmp_path, generator):  # no
     assert run_practice(big, tmp_path / "big", progress=False)["prefixes"] == summary["prefixes"]
 
 
-def test_budget_and_prefix_settings_are_checked(generator):  # noqa: F811
+def test_budget_and_prefix_settings_are_checked(generator):
     cases = {
         ("learner.budgets=[150]",): "learner.budgets: 150 must be in",
         ("learner.budgets=[100]", "practice.branch_outs=true"): "cannot be combined",

@@ -9,7 +9,7 @@ from PIL import Image
 
 from deliberate.cli import main
 from deliberate.data.pool import Pool
-from tests.test_generator import tiny_backend
+from tests.helpers import tiny_backend
 
 
 @pytest.fixture(scope="module")

@@ -6,17 +6,16 @@ from pathlib import Path
 import yaml
 
 from deliberate.cli import main
-from tests.test_practice import generator, needs_data  # noqa: F401 (fixture)
-from tests.test_report import TINY
+from tests.helpers import TINY_RUN, needs_data
 
 SIZES = ("practice.initial", "practice.per_round", "practice.max_images")
 
 
 @needs_data
-def test_demo_runs_static_and_both_dp_variants(tmp_path, generator, capsys):  # noqa: F811
+def test_demo_runs_static_and_both_dp_variants(tmp_path, generator, capsys):
     out = tmp_path / "demo"
     # The pool sizes go through the demo's vars, so the static run still gets the whole budget.
-    sets = [s for s in TINY if not s.startswith(SIZES)]
+    sets = [s for s in TINY_RUN if not s.startswith(SIZES)]
     sets += ["budget=80", "initial=40", "per_round=20", f"generator.path={generator}"]
     assert main(["demo", "--out", str(out), "--quiet", *(f"--set={s}" for s in sets)]) == 0
     printed = capsys.readouterr().out

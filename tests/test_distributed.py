@@ -28,7 +28,7 @@ from deliberate.rounds import plan
 from deliberate.rundir import RunDir
 from deliberate.sampling import SampleOutput, SamplerSettings
 from deliberate.training import cpu_rng, random_crop_flip
-from tests.test_practice import CONFIGS, TIMING_KEYS, generator, needs_data  # noqa: F401
+from tests.helpers import CONFIGS, TIMING_KEYS, needs_data, tiny_backend
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 # What fixes an image's place and recipe; entropy and fingerprint also depend on the learner.
@@ -82,7 +82,7 @@ def _assert_same_decisions(a: list[dict], b: list[dict]) -> None:
 
 
 @pytest.fixture(scope="module")
-def one_process(tmp_path_factory, generator):  # noqa: F811
+def one_process(tmp_path_factory, generator):
     """tiny.yaml in one process: the reference."""
     out = tmp_path_factory.mktemp("ddp") / "one"
     run_practice(_config(generator), out, progress=False)
@@ -119,7 +119,6 @@ def test_a_rank_crops_its_rows_as_one_process_would():
 
 def test_an_interrupted_request_reuses_its_staged_shards_and_drops_others(tmp_path, monkeypatch):
     """A kill between staging and committing loses nothing; another request's leftovers go."""
-    from tests.test_generator import tiny_backend
 
     backend, s = tiny_backend(), SamplerSettings(steps=2, cfg=0.0)
     pairs, calls = plan(range(10), 2, seed=3), []
@@ -170,7 +169,7 @@ def _kill_after_round_1(out: Path, gen: str) -> None:
 @needs_data
 def test_two_ranks_killed_and_resumed_make_the_one_process_pool(
     one_process,
-    generator,  # noqa: F811
+    generator,
     tmp_path,
 ):
     """torchrun from scratch, both workers SIGKILLed after round 1, the same command again."""

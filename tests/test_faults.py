@@ -9,14 +9,12 @@ checks that forked and exec'd runs give the same bytes.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -25,24 +23,16 @@ import torch
 
 import deliberate.report  # noqa: F401  (imported once here: forked runs skip matplotlib's import)
 from deliberate import faults
-from deliberate.cli import main
-from deliberate.data.fashion_mnist import DEFAULT_DIR, FILES
 from deliberate.data.pool import Pool
-from tests.test_generator import tiny_backend
-from tests.test_practice import CONFIGS, TIMING_KEYS, _has_data, needs_data
+from tests.helpers import TIMING_KEYS, cli_args, fork_run, make_generator, needs_data
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 pytestmark = pytest.mark.skipif(
     not hasattr(os, "fork"),
     reason="needs os.fork and POSIX signals",
 )
-TORCH_DEFAULT_SEED = 67280421310721  # a fresh Python process's torch seed (forks must match it)
-# tiny.yaml cut down further: 20 plain images, one guided round of 10, a branch-out, 40 steps.
-SMALL = ["practice.initial=20", "practice.per_round=10", "practice.max_images=40",
-         "generator.batch_size=10", "learner.iterations=40", "learner.batch_size=16",
-         "learner.input_size=7", "practice.branch_outs=true"]  # fmt: skip
-
-# (point, n): where the n-th hit lands in the run above (3 shards; evals at 10..40; round 1 decided at 30).
+# (point, n): where the n-th hit lands in cli_args' run (helpers.SMALL: 3 shards; evals at 10..40;
+# round 1 decided at 30).
 KILLS = [
     ("run.claimed", 1),
     ("config.tmp_written", 1),
@@ -73,35 +63,6 @@ BUDGETS = ["practice.branch_outs=false", "learner.budgets=[20]"]
 BUDGET_KILLS = [("budget.forked", 1), ("train.step", 30), ("checkpoint.renamed", 6)]
 
 
-def cli_args(out: Path, generator: str) -> list[str]:
-    """`deliberate run` on SMALL; `generator` is the fixture's "generator.path=..,data_dir=.." pair."""
-    sets = [f"--set={s}" for s in [*generator.split(","), *SMALL]]
-    return ["run", str(CONFIGS / "tiny.yaml"), "--out", str(out), "--quiet", *sets]
-
-
-def fork_run(args: list[str], fault: str = "", log: Path | None = None) -> int:
-    """Run `deliberate <args>` in a forked child; its exit code, or -signal if it was killed."""
-    log = log or Path(args[args.index("--out") + 1] + ".log")
-    pid = os.fork()
-    if pid == 0:  # the child: never return into pytest
-        code = 99
-        try:
-            out = open(log.with_suffix(".out"), "w")  # noqa: SIM115 (closed by _exit)
-            err = open(log.with_suffix(".err"), "w")  # noqa: SIM115
-            os.dup2(out.fileno(), 1), os.dup2(err.fileno(), 2)
-            sys.stdout, sys.stderr = out, err
-            torch.manual_seed(TORCH_DEFAULT_SEED)
-            faults.arm(fault)
-            code = main(args)
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            sys.stdout.flush(), sys.stderr.flush()
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
-
-
 def exec_cmd(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "deliberate.cli", *args]
 
@@ -113,18 +74,8 @@ def exec_env(**extra) -> dict:
 
 @pytest.fixture(scope="module")
 def generator(tmp_path_factory):
+    """Overrides conftest's: a "generator.path=..,data_dir=.." pair for `cli_args`."""
     return make_generator(tmp_path_factory)
-
-
-def make_generator(tmp_path_factory) -> str:
-    """A tiny random generator, and Fashion-MNIST unzipped once (gunzip costs ~1 s per run)."""
-    path = tmp_path_factory.mktemp("gen") / "tiny"
-    tiny_backend(seed=1).save(path)
-    data = tmp_path_factory.mktemp("fmnist")
-    if _has_data():
-        for stem in FILES.values():
-            (data / stem).write_bytes(gzip.decompress((DEFAULT_DIR / f"{stem}.gz").read_bytes()))
-    return f"generator.path={path},data_dir={data}"
 
 
 @pytest.fixture(scope="module")

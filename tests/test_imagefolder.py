@@ -3,7 +3,6 @@ missing classes or folders, streamed evaluation, OOD sets restricted to the shar
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -22,27 +21,7 @@ from deliberate.data.imagefolder import (
 from deliberate.errors import DeliberateError
 from deliberate.learner import build_learner, evaluate, to_float01
 from deliberate.practice import PracticeConfig
-
-WNIDS = ("n01443537", "n02123045", "n04146614")  # goldfish, tabby, school bus
-NAMES = ("goldfish", "tabby", "school bus")
-IDS = (1, 281, 779)  # their ImageNet-1k indices in the synthetic mapping write_imagefolder writes
-
-
-def write_imagefolder(root, per_split=(("train", 4), ("val", 2))):
-    """Tiny ImageNet-style folders (one colour per class, noisy) and a 1,000-line synset mapping."""
-    rng = np.random.default_rng(0)
-    colours = np.array([[220, 120, 20], [120, 120, 120], [240, 200, 0]])
-    for split, n in per_split:
-        for k, wnid in enumerate(WNIDS):
-            (root / split / wnid).mkdir(parents=True)
-            for i in range(n):
-                pixels = np.clip(colours[k] + rng.normal(0, 40, (20, 24, 3)), 0, 255)
-                Image.fromarray(pixels.astype(np.uint8)).save(root / split / wnid / f"{i}.png")
-    lines = [f"n{90000000 + i:08d} filler {i}" for i in range(1000)]
-    for wnid, name, i in zip(WNIDS, NAMES, IDS, strict=True):
-        lines[i] = f"{wnid} {name}, a synonym"
-    (root / "LOC_synset_mapping.txt").write_text("\n".join(lines) + "\n")
-    (root / "classes.txt").write_text("\n".join(WNIDS) + "\n")
+from tests.helpers import IDS, NAMES, WNIDS, write_imagefolder
 
 
 class ColourLearner(torch.nn.Module):

@@ -15,10 +15,7 @@ from deliberate.rounds import ROUND_STRIDE, plan
 from deliberate.rundir import load_learner
 from deliberate.sampling import sample
 from deliberate.selection import score_stored, select_top_entropy
-from tests import test_practice
-from tests.test_practice import needs_data, tiny_config
-
-generator = test_practice.generator  # the shared fixture: the shipped generator or a tiny one
+from tests.helpers import needs_data, tiny_config
 
 
 class _Stop(Exception):

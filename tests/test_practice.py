@@ -1,7 +1,6 @@
 """The Deliberate Practice loop: patience, guided rounds, resume, refusal, branch-outs, presets."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,49 +8,12 @@ import torch
 
 from deliberate.cli import main
 from deliberate.config import load_config
-from deliberate.data.fashion_mnist import find_data_dir
 from deliberate.data.pool import Pool
 from deliberate.errors import DeliberateError
-from deliberate.generators.pixel import DEFAULT_GENERATOR, load_pixel_backend
 from deliberate.guidance import GuidanceSettings, learner_fingerprint
 from deliberate.learner import build_learner, to_float01
 from deliberate.practice import LoopState, PracticeConfig, decide, patience_limit, run_practice
-from tests.test_generator import tiny_backend
-
-CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "fmnist"
-TIMING_KEYS = ("seconds_generate", "seconds_guidance", "seconds_train", "seconds_eval")
-
-
-def _has_data() -> bool:
-    try:
-        find_data_dir()
-    except DeliberateError:
-        return False
-    return True
-
-
-needs_data = pytest.mark.skipif(not _has_data(), reason="real Fashion-MNIST files not installed")
-
-
-@pytest.fixture(scope="module")
-def generator(tmp_path_factory):
-    """The shipped generator when it loads, else a tiny random one (the loop does not care)."""
-    try:
-        load_pixel_backend(DEFAULT_GENERATOR)
-        return str(DEFAULT_GENERATOR)
-    except DeliberateError:  # not trained yet (or being replaced right now)
-        pass
-    path = tmp_path_factory.mktemp("gen") / "tiny"
-    tiny_backend(seed=1).save(path)
-    return str(path)
-
-
-def tiny_overrides(generator):
-    return [f"generator.path={generator}", "practice.branch_outs=true"]
-
-
-def tiny_config(generator, *extra) -> PracticeConfig:
-    return load_config(PracticeConfig, CONFIGS / "tiny.yaml", [*tiny_overrides(generator), *extra])
+from tests.helpers import CONFIGS, TIMING_KEYS, needs_data, tiny_config, tiny_overrides
 
 
 @pytest.fixture(scope="module")

@@ -13,20 +13,14 @@ from deliberate.data.shifted import SHIFTS, shift_images, shifted_suite
 from deliberate.errors import DeliberateError
 from deliberate.report.compare import scaling_lines
 from deliberate.sweep import expand, load_spec
-from tests.test_practice import CONFIGS, generator, needs_data  # noqa: F401 (fixture)
+from tests.helpers import CONFIGS, TINY_RUN, needs_data
 
-# A DP run of ~10 s: 60 iterations, evaluations every 5 (two rounds at seed 0), 3 sampling steps.
-TINY = ["learner.iterations=60", "learner.batch_size=16", "learner.input_size=14",
-        "learner.ema_decay=0.9", "learner.lr=0.01", "practice.eval_every=5", "practice.test_every=0",
-        "practice.patience=1", "practice.patience_mode=fixed", "practice.initial=40",
-        "practice.per_round=20", "practice.max_images=80", "generator.sampler.steps=3",
-        "generator.batch_size=20", "guidance.every=1", "threads=1"]  # fmt: skip
 PLOTS = ("scaling.png", "compute.png", "omega.png", "curves.png", "hardness.png",
          "hardness-stages.png", "shifted.png")  # fmt: skip
 
 
 def tiny_sets(gen_path):
-    return [f"--set={s}" for s in [*TINY, f"generator.path={gen_path}"]]
+    return [f"--set={s}" for s in [*TINY_RUN, f"generator.path={gen_path}"]]
 
 
 def write_spec(path, **spec):
@@ -75,7 +69,7 @@ def test_shifts_are_deterministic_and_change_the_images():
 
 
 @needs_data
-def test_sweep_runs_resumes_and_reports(tmp_path, generator, capsys):  # noqa: F811
+def test_sweep_runs_resumes_and_reports(tmp_path, generator, capsys):
     spec = write_spec(tmp_path / "omega.yaml", title="tiny omega", kind="practice",
                       set={"practice.branch_outs": True},
                       grid={"guidance.omega": [0.0, 0.02]}, seeds=[0])  # fmt: skip

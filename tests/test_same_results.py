@@ -21,7 +21,7 @@ import numpy as np
 from deliberate.cli import main
 from deliberate.data.export import export_npz
 from deliberate.data.pool import Pool
-from tests.test_practice import needs_data
+from tests.helpers import needs_data
 
 REFERENCE = Path(__file__).parent / "data" / "same-results.json"
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "fmnist" / "tiny.yaml"

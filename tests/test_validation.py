@@ -18,14 +18,13 @@ import pytest
 import torch
 
 from deliberate.cli import main
-from deliberate.data.fashion_mnist import DEFAULT_DIR, FILES
+from deliberate.config import from_dict
+from deliberate.data.fashion_mnist import CLASS_NAMES, DEFAULT_DIR, FILES
 from deliberate.data.pool import Pool
 from deliberate.generators.base import to_uint8
 from deliberate.generators.pixel import PixelBackend, PixelModelConfig, load_pixel_backend
 from deliberate.sampling import SamplerSettings, sample
-from tests.test_faults import SMALL, cli_args, fork_run, make_generator
-from tests.test_generator import CLASS_NAMES, TINY, from_dict
-from tests.test_practice import CONFIGS, needs_data
+from tests.helpers import CONFIGS, SMALL, TINY_UNET, cli_args, fork_run, make_generator, needs_data
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork and POSIX signals")
 
@@ -39,7 +38,7 @@ def write(path: Path, text: str | bytes) -> Path:
 def generator_like(tmp: Path, name: str, **model) -> str:
     """A tiny random generator folder with other classes or image size than Fashion-MNIST."""
     classes = model.pop("classes", CLASS_NAMES)
-    cfg = from_dict(PixelModelConfig, {**TINY, **model})
+    cfg = from_dict(PixelModelConfig, {**TINY_UNET, **model})
     PixelBackend.from_config(cfg, tuple(classes)).save(tmp / name)
     return str(tmp / name)
 
@@ -185,6 +184,7 @@ def test_bad_command_line_is_refused_before_writing(
 
 @pytest.fixture(scope="module")
 def generator(tmp_path_factory):
+    """Overrides conftest's: a "generator.path=..,data_dir=.." pair for `cli_args`."""
     return make_generator(tmp_path_factory)
 
 
