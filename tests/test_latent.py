@@ -142,3 +142,32 @@ def test_generate_command_samples_a_latent_backend(sd_dir, tmp_path):
     assert (tmp_path / "pool" / "samples.png").is_file()
     assert main(["generate", "--kind", "dit", "--generator", str(sd_dir), "--per-class", "1",
                  "--out", str(tmp_path / "p2")]) == 2  # fmt: skip
+
+
+def test_prune_runs_with_stable_diffusion_on_an_imagefolder(sd_dir, tmp_path):
+    """Oversample-then-prune goes through load_backend / load_split like `run`: Fig. 5 at scale."""
+    data = tmp_path / "imagenet"
+    write_imagefolder(data)
+    overrides = {
+        "generator": {"kind": "stable_diffusion", "path": str(sd_dir), "batch_size": 4,
+                      "sampler": {"steps": 2, "cfg": 2.0}},
+        "learner": {"arch": "small_resnet", "iterations": 12, "batch_size": 8, "ema_decay": 0.9},
+        "practice": {"initial": 6, "per_round": 0, "max_images": 6, "eval_every": 6,
+                     "test_every": 0},
+        "prune": {"ratio": 2, "selected": 3},
+        "data": {"kind": "imagefolder", "imagefolder": {
+            "root": str(data), "classes": str(data / "classes.txt"), "image_size": 16,
+            "workers": 0}},
+        "threads": 1,
+    }  # fmt: skip
+    sets = [f"--set={k}={json.dumps(v)}" for k, v in overrides.items()]
+    config = tmp_path / "prune.yaml"
+    config.write_text("{}\n")
+    assert main(["prune", str(config), "--out", str(tmp_path / "run"), "--quiet", *sets]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (summary["kind"], summary["candidates"], summary["pool_size"]) == ("prune", 6, 9)
+    cands = Pool(tmp_path / "run" / "candidates")
+    assert len(cands) == 6 and cands.class_names == list(NAMES)
+    assert all(np.isfinite(r["entropy"]) for r in cands.records())  # scored by the scorer
+    kept = json.loads((tmp_path / "run" / "selection.json").read_text())["candidate_ids"]
+    assert len(kept) == 3 and Pool(tmp_path / "run" / "train" / "pool").image_shape == (16, 16, 3)
