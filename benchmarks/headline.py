@@ -196,7 +196,7 @@ def main() -> None:
         print(f"    static needs {r['static_iterations_to_dp_best']:,.0f} iterations: "
               f"{r['iterations_ratio']:.2f}x DP's. Per seed: {spread('iterations_ratio')}")  # fmt: skip
     if args.plot:
-        from deliberate.report.plots import plot_headline
+        from deliberate.report.compare import plot_headline
 
         plot_headline(r["static_curve"], r["dp_curve"], chosen, args.plot)
         print(f"\nplot: {args.plot}")

@@ -84,6 +84,24 @@ def plot_scaling(runs: list[dict], path: Path) -> Path | None:
     return save(fig, path)
 
 
+def plot_headline(static: list, dp: list, chosen: dict, path: Path) -> Path:
+    """Fig. 4 under the compute-fair protocol: each method's accuracy per pool size at the
+    iteration budget chosen on validation (monotone curves; budgets in the labels)."""
+    fig, (ax,) = figure(8, 5)
+    for method, curve in (("static", static), ("DP", dp)):
+        color, marker = STYLE[method]
+        xs, ys = [n for n, _ in curve], [100 * a for _, a in curve]
+        ax.plot(xs, ys, color=color, marker=marker, label=method)
+        for n, a in zip(xs, ys, strict=True):
+            ax.annotate(f"{chosen[method][n][0] // 1000}k it", (n, a), textcoords="offset points",
+                        xytext=(4, -10), fontsize=FONT_PT - 2, color=color)  # fmt: skip
+    ax.set_xscale("log")
+    plain_log_xticks(ax, sorted({n for n, _ in static} | {n for n, _ in dp}))
+    _finish(ax, "Accuracy vs generated images, each at its best budget (chosen on val)",
+            "generated images (log scale)")  # fmt: skip
+    return save(fig, path)
+
+
 def plot_prune(runs: list[dict], path: Path) -> Path | None:
     """Fig. 5a: prune accuracy vs oversampling ratio; DP and static as reference lines.
 
