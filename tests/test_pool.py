@@ -254,11 +254,14 @@ def test_invalid_pool_directories_and_ids(tmp_path):
 def test_export_npz_round_trip(tmp_path):
     pool, images = filled(tmp_path)
     out = export_npz(pool, tmp_path / "out" / "pool.npz")
-    with np.load(out) as z:
+    with np.load(out, allow_pickle=False) as z:
         assert z["images"].dtype == np.uint8 and z["images"].shape == (20, 28, 28)
         assert z["labels"].dtype == np.int64 and z["ids"].tolist() == list(range(20))
         np.testing.assert_array_equal(z["images"], images)
         np.testing.assert_array_equal(z["labels"], pool.labels())
+        records = pool.records()
+        assert z["seed"].tolist() == [r["seed"] for r in records]  # the manifest's columns
+        assert z["round"].tolist() == [r["round"] for r in records]
 
 
 @pytest.mark.parametrize("shape", [(28, 28), (12, 10, 3)])
@@ -266,13 +269,53 @@ def test_export_imagefolder(tmp_path, shape):
     pool, images = filled(tmp_path, (6, 9), shape=shape)
     out = export_imagefolder(pool, tmp_path / "folder", NAMES)
     dirs = sorted(p.name for p in out.iterdir() if p.is_dir())
-    assert dirs == sorted(["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat"])
-    assert (out / "classes.txt").read_text().split("\n")[:2] == ["T-shirt_top", "Trouser"]
+    assert dirs == ["0_T-shirt_top", "1_Trouser", "2_Pullover", "3_Dress", "4_Coat"]
+    assert (out / "classes.txt").read_text().split("\n")[:2] == ["0_T-shirt_top", "1_Trouser"]
     assert len(list(out.rglob("*.png"))) == 15
-    assert len(list((out / "Dress").glob("*.png"))) == 3  # ids 3, 8, 13
-    np.testing.assert_array_equal(np.asarray(Image.open(out / "Coat" / "0000009.png")), images[9])
-    with pytest.raises(DeliberateError, match="not empty"):
+    assert len(list((out / "3_Dress").glob("*.png"))) == 3  # ids 3, 8, 13
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "4_Coat" / "0000009.png")), images[9])
+    with pytest.raises(DeliberateError, match="exists; pass --force"):
         export_imagefolder(pool, out, NAMES)
+
+
+def test_torchvision_imagefolder_reads_the_export_with_the_pool_labels(tmp_path):
+    from torchvision.datasets import ImageFolder
+
+    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+             "Bag", "Ankle boot", "crane", "crane"]  # unsorted, with a repeated name  # fmt: skip
+    pool = Pool.create(tmp_path / "pool", {"class_names": names})
+    images, records = batch(0, 36)
+    pool.append(images, [{**r, "label": i % 12} for i, r in enumerate(records)])
+    out = export_imagefolder(pool, tmp_path / "folder")
+    assert (out / "10_crane").is_dir() and (out / "11_crane").is_dir()
+    data = ImageFolder(str(out))
+    by_id = {int(Path(path).stem): label for path, label in data.samples}
+    assert [by_id[i] for i in range(len(pool))] == pool.labels().tolist()
+    assert data.classes == (out / "classes.txt").read_text().splitlines()
+
+
+def test_exports_never_destroy(tmp_path):
+    pool, _ = filled(tmp_path)
+    keep = tmp_path / "notes.txt"
+    keep.write_text("mine")
+    with pytest.raises(DeliberateError, match="exists; pass --force"):
+        export_npz(pool, keep)
+    assert keep.read_text() == "mine"
+    for inside in (pool.root / "pool.json", pool.root / "sub" / "x.npz", pool.root):
+        with pytest.raises(DeliberateError, match="inside the pool"):
+            export_npz(pool, inside, force=True)
+    with pytest.raises(DeliberateError, match="is a folder"):
+        (tmp_path / "dir").mkdir()
+        (tmp_path / "dir" / "f").write_text("x")
+        export_npz(pool, tmp_path / "dir", force=True)
+    assert Pool(pool.root).verify() == len(pool)  # the pool is untouched
+    export_npz(pool, keep, force=True)  # asked for: replaced, atomically
+    with np.load(keep) as z:
+        assert len(z["images"]) == len(pool)
+    tree = export_imagefolder(pool, tmp_path / "tree", NAMES)
+    (tree / "extra.txt").write_text("x")
+    export_imagefolder(pool, tree, NAMES, force=True)
+    assert not (tree / "extra.txt").exists() and len(list(tree.rglob("*.png"))) == len(pool)
 
 
 def read_png(path: Path) -> np.ndarray:

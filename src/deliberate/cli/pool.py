@@ -138,9 +138,9 @@ def cmd_export(args) -> int:
 
     pool = Pool(args.pool)
     if args.format == "npz":
-        export_npz(pool, args.out)
+        export_npz(pool, args.out, force=args.force)
     else:
-        export_imagefolder(pool, args.out, pool.class_names)
+        export_imagefolder(pool, args.out, pool.class_names, force=args.force)
     print(f"exported {len(pool)} images to {args.out} ({args.format})")
     return 0
 
@@ -179,5 +179,6 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("export", help="export a pool as npz arrays or class folders of PNGs")
     p.add_argument("pool", help="pool folder")
     p.add_argument("--format", choices=("npz", "imagefolder"), default="npz")
-    p.add_argument("--out", required=True, help="output .npz file or folder")
+    p.add_argument("--out", required=True, help="output .npz file or folder (must not exist)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.set_defaults(func=cmd_export)
