@@ -1,8 +1,9 @@
-"""Generate class-balanced batches into a pool: planning seeds, batching, shards, resume.
+"""Generate batches into a pool: batching, shards, resume, torchrun.
 
-Every image is a function of (generator, label, seed, settings): `plan` fixes the (label, seed)
-list of a request up front, and `generate_into_pool` skips the seeds the pool already holds, so
-re-running an interrupted request finishes it without duplicating or changing any image.
+Every image is a function of (generator, label, seed, settings): `rounds.plan` fixes the
+(label, seed) list of a request up front, and `generate_into_pool` skips the seeds the pool
+already holds, so re-running an interrupted request finishes it without duplicating or changing
+any image.
 """
 
 from __future__ import annotations
@@ -20,25 +21,6 @@ from deliberate.data.pool import Pool
 from deliberate.errors import DeliberateError
 from deliberate.generators.base import Backend, to_uint8
 from deliberate.sampling import SampleOutput, SamplerSettings, sample
-
-SEED_STRIDE = (
-    1_000_000_000  # image seed = request seed * stride + index: collision-free per request
-)
-
-
-def plan(
-    classes: Sequence[int], per_class: int, seed: int, start: int = 0
-) -> list[tuple[int, int]]:
-    """(label, seed) pairs, classes interleaved so that any prefix is class-balanced."""
-    if per_class < 1:
-        raise DeliberateError(f"--per-class {per_class} must be >= 1")
-    if seed < 0 or seed >= 2**31:
-        raise DeliberateError(f"--seed {seed} must be in [0, 2^31)")
-    pairs = []
-    for _ in range(per_class):
-        for c in classes:
-            pairs.append((int(c), seed * SEED_STRIDE + start + len(pairs)))
-    return pairs
 
 
 def check_classes(backend: Backend, classes: Sequence[int] | None) -> list[int]:
