@@ -76,6 +76,9 @@ def test_same_seed_same_pixels_whatever_the_batch(tmp_path, tiny_generator):
         (["generate", "--per-class", "0", "--out", "{tmp}/p"], "--per-class 0"),
         (["generate", "--per-class", "1", "--out", "{tmp}/p", "--classes", "12"], "class ids [12]"),
         (["generate", "--per-class", "1", "--out", "{tmp}/p", "--cfg", "-1"], "--cfg: -1.0 is out of range"),
+        (["generate", "--per-class", "1", "--out", "{tmp}/p", "--cfg", "nan"], "--cfg: nan is out of range"),
+        (["generate", "--per-class", "1", "--out", "{tmp}/p", "--threads", "-1"], "--threads -1 must be >= 0"),
+        (["generate", "--per-class", "1", "--out", "{tmp}/p", "--omega", "0.1"], "--omega and --criterion need --learner"),
         (["generate", "--per-class", "1", "--out", "{tmp}/p", "--generator", "{tmp}"],
          "not a deliberate generator folder"),
         (["export", "{tmp}/nopool", "--out", "{tmp}/x.npz"], "pool"),
@@ -89,3 +92,4 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_generator, capsys, argv
     assert run(*argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and err.startswith("deliberate: error:")
+    assert not (tmp_path / "p").exists()  # refused before the pool is created

@@ -155,6 +155,52 @@ def to_dict(obj: Any) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(obj)))
 
 
+MAX_VALUES = 100_000  # a config has hundreds; an alias "billion laughs" expands to billions
+
+
+class _Loader(yaml.SafeLoader):
+    """The safe loader, with dates and binary left as the strings they are written as."""
+
+
+def _check_size(data, where: str) -> None:
+    """Refuse YAML whose aliases expand past MAX_VALUES values (it would exhaust memory later)."""
+    stack, seen = [data], 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            raise DeliberateError(
+                f"{where} expands to more than {MAX_VALUES:,} values (YAML aliases?); "
+                "write the config out plainly"
+            )
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
+# A date, time or !!binary is never a config value: read them as the strings they are written as.
+_Loader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:timestamp"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
+_Loader.add_constructor("tag:yaml.org,2002:binary", yaml.SafeLoader.construct_yaml_str)
+
+
+def parse_yaml(text: str, where: str):
+    """YAML text -> Python values with `_Loader`; errors are one line naming `where`."""
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        at = f" at line {line + 1}" if line is not None else ""
+        why = getattr(e, "problem", None) or str(e)
+        raise DeliberateError(f"{where} is not valid YAML{at} ({why}); fix the syntax") from None
+    _check_size(data, where)
+    return data
+
+
 def read_yaml(path: str | Path) -> dict:
     """Read a YAML mapping with the safe loader; errors name the file."""
     path = Path(path)
@@ -162,12 +208,7 @@ def read_yaml(path: str | Path) -> dict:
         text = path.read_text()
     except OSError as e:
         raise DeliberateError(f"cannot read config {path}: {e.strerror}; check the path") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        line = getattr(getattr(e, "problem_mark", None), "line", None)
-        at = f" at line {line + 1}" if line is not None else ""
-        raise DeliberateError(f"{path} is not valid YAML{at}; fix the syntax") from None
+    data = parse_yaml(text, str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -190,7 +231,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise DeliberateError(f"override '{item}': '{p}' is not a section")
-        node[leaf] = yaml.safe_load(raw)
+        node[leaf] = parse_yaml(raw, f"override '{item}'")
     return data
 
 

@@ -151,7 +151,9 @@ def ensure_free_space(path: str | Path, need: int, what: str) -> None:
     try:
         reserve = int(raw) if raw else DEFAULT_RESERVE
     except ValueError:
-        raise DeliberateError(f"${RESERVE_ENV}={raw!r} must be a number of bytes") from None
+        reserve = -1
+    if reserve < 0:  # a negative reserve would switch the check off
+        raise DeliberateError(f"${RESERVE_ENV}={raw!r} must be a number of bytes >= 0") from None
     probe = Path(path).absolute()
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent

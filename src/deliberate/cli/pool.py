@@ -59,10 +59,12 @@ def cmd_generate(args) -> int:
     from deliberate.rounds import guided_batch, plan
     from deliberate.sampling import SamplerSettings
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads < 0:
+        raise DeliberateError(f"--threads {args.threads} must be >= 0 (0: torch's default)")
     if args.batch_size < 1:
         raise DeliberateError(f"--batch-size {args.batch_size} must be >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     settings = SamplerSettings(steps=args.steps, cfg=args.cfg, eta=args.eta,
                                scheduler=args.scheduler)  # fmt: skip
     check_fields(settings, "--")  # e.g. "--cfg: nan is out of range"
