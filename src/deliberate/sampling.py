@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
 from deliberate.config import field
 from deliberate.errors import DeliberateError
@@ -26,10 +25,11 @@ from deliberate.errors import DeliberateError
 if TYPE_CHECKING:  # the contract, for annotations only: no import cycle at run time
     from deliberate.generators.base import Backend
 
+# name -> diffusers class, imported when a scheduler is made (diffusers takes seconds to import)
 SCHEDULERS = {
-    "ddim": DDIMScheduler,
-    "dpm++": DPMSolverMultistepScheduler,
-    "euler": EulerDiscreteScheduler,
+    "ddim": "DDIMScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+    "euler": "EulerDiscreteScheduler",
 }
 
 
@@ -67,7 +67,9 @@ def make_scheduler(backend: Backend, name: str = "ddim", steps: int = 10):
         raise DeliberateError(f"steps={steps} must be >= 1")
     config = dict(backend.scheduler_config)
     config["timestep_spacing"] = "trailing"
-    sched = SCHEDULERS[name].from_config(config)
+    import diffusers
+
+    sched = getattr(diffusers, SCHEDULERS[name]).from_config(config)
     sched.set_timesteps(steps, device=backend.device)
     return sched
 
@@ -137,7 +139,7 @@ def sample(
         if i in guided:
             x, out = guidance(x, tb, i, cond, out, sched, labels)
         kwargs = {}
-        if eta > 0 and isinstance(sched, DDIMScheduler):
+        if eta > 0 and type(sched).__name__ == "DDIMScheduler":
             noise = torch.stack([torch.randn(x.shape[1:], generator=g) for g in gens])
             kwargs = {"eta": eta, "variance_noise": noise.to(device)}
         x = sched.step(out, t, x, **kwargs).prev_sample

@@ -30,58 +30,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deliberate.config import field
+from deliberate.data.settings import OOD_SETS, ClassList, ImageFolderSettings
 from deliberate.errors import DeliberateError
 
 LISTS = Path(__file__).resolve().parent / "lists"
 IMAGENET100 = LISTS / "imagenet100.txt"
 SYNSET_FILE = "LOC_synset_mapping.txt"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-OOD_SETS = {  # name -> how its class folders are named
-    "imagenet_v2": "index",
-    "imagenet_sketch": "wnid",
-    "imagenet_r": "wnid",
-    "imagenet_a": "wnid",
-}
-
-
-@dataclass
-class ImageFolderSettings:
-    """Where the ImageNet folders are and which classes to use."""
-
-    root: str | None = field(None, "folder holding train/ and val/, one sub-folder per wnid")
-    classes: str = field(
-        "imagenet100", "imagenet100 (Tian et al. 2020, shipped), all, or a file of wnids"
-    )
-    synset_mapping: str | None = field(
-        None, "LOC_synset_mapping.txt (names, 1k ids); null = ROOT/LOC_synset_mapping.txt if any"
-    )
-    val_split: str = field("val", "sub-folder of the validation set (decides patience)")
-    test_split: str = field("train", "sub-folder of the held-out test set (never decides)")
-    image_size: int = field(224, "evaluation images: resize to size/0.875, centre crop", ge=8)
-    workers: int = field(4, "DataLoader worker processes for evaluation; 0 = in process", ge=0)
-    ood: dict[str, str] = field(
-        {},
-        "OOD sets to evaluate at the end: {imagenet_v2|imagenet_sketch|imagenet_r|imagenet_a: folder}",
-    )
-
-    def validate(self) -> None:
-        bad = sorted(set(self.ood) - set(OOD_SETS))
-        if bad:
-            raise DeliberateError(
-                f"data.imagefolder.ood: unknown set {bad[0]!r}; use {', '.join(OOD_SETS)}"
-            )
-
-
-@dataclass(frozen=True)
-class ClassList:
-    """The learner's classes: folder ids, names to prompt with, ImageNet-1k ids (or None)."""
-
-    ids: tuple[str, ...]
-    names: tuple[str, ...]
-    imagenet_ids: tuple[int, ...] | None = None
-
-
 def read_class_file(path: str | Path) -> list[str]:
     """One class id per line; blank lines and '#' comments are ignored; no duplicates."""
     path = Path(path)
