@@ -92,15 +92,14 @@ class TrainConfig(Recipe):
 
     @property
     def warmup_end(self) -> int:
-        """First step after the linear warm-up (the one place the boundary is computed)."""
-        if self.warmup_steps is not None:
-            return self.warmup_steps
-        return round(self.warmup_frac * self.iterations)
+        """First step after the linear warm-up."""
+        return wsd_phases(self.iterations, self.warmup_frac, self.cooldown_frac,
+                          self.warmup_steps)[0]  # fmt: skip
 
     @property
     def cooldown_start(self) -> int:
         """First step of the cosine cool-down; DP adds no data from here on."""
-        return self.iterations - round(self.cooldown_frac * self.iterations)
+        return wsd_phases(self.iterations, self.warmup_frac, self.cooldown_frac)[1]
 
     def phase(self, step: int) -> str:
         """warmup, stable or cooldown: the schedule's phase at 0-based `step`."""
@@ -153,6 +152,14 @@ class LearnerSettings(Recipe):
         return TrainConfig(**recipe, eval_every=eval_every, seed=seed, warmup_steps=warmup)
 
 
+def wsd_phases(total: int, warmup_frac: float, cooldown_frac: float,
+               warmup: int | None = None) -> tuple[int, int]:  # fmt: skip
+    """(end of warm-up, start of cool-down) in steps: the one place the boundaries are computed
+    (the lr schedule, the logged phase and DP's "no rounds in cool-down" rule all use them)."""
+    return (round(warmup_frac * total) if warmup is None else warmup,
+            total - round(cooldown_frac * total))  # fmt: skip
+
+
 def wsd_lr(
     step: int,
     total: int,
@@ -166,8 +173,7 @@ def wsd_lr(
     Linear warm-up to `peak` over the first `warmup_frac` of `total` steps (ending at peak, so no
     update has lr 0), flat, then a cosine from `peak` to exactly 0 at `step == total`.
     """
-    warmup = round(warmup_frac * total) if warmup is None else warmup
-    decay_start = total - round(cooldown_frac * total)
+    warmup, decay_start = wsd_phases(total, warmup_frac, cooldown_frac, warmup)
     if step < warmup:
         return peak * (step + 1) / warmup
     if step < decay_start:
