@@ -11,7 +11,6 @@ from pathlib import Path
 
 from deliberate.cli.args import add_set_argument
 
-CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "fmnist"  # src/deliberate/cli/ -> repo
 DEMO = "demo.yaml"
 
 
@@ -38,14 +37,10 @@ def demo_table(out: Path) -> list[str]:
 
 def cmd_demo(args) -> int:
     """The README's main command: static vs DP ω = 0 vs DP ω > 0 at one budget."""
-    from deliberate.errors import DeliberateError
+    from deliberate.presets import resolve
     from deliberate.sweep import run_sweep
 
-    spec = Path(args.config) if args.config else CONFIGS / DEMO
-    if not spec.is_file():
-        raise DeliberateError(
-            f"demo config {spec} not found; pass --config configs/fmnist/demo.yaml"
-        )
+    spec = resolve(args.config or DEMO)
     out, t0 = Path(args.out), time.perf_counter()
     print(f"demo: static vs DP (omega = 0) vs DP (omega > 0) from {spec}, into {out}; "
           "re-run the same command to resume", flush=True)  # fmt: skip
@@ -56,12 +51,14 @@ def cmd_demo(args) -> int:
 
 
 def cmd_sweep(args) -> int:
+    from deliberate.presets import resolve
     from deliberate.sweep import describe, run_sweep
 
+    spec = resolve(args.spec)
     if args.dry_run:
-        print(describe(args.spec, args.out, args.set, args.seeds))
+        print(describe(spec, args.out, args.set, args.seeds))
         return 0
-    rows = run_sweep(args.spec, args.out, args.set, args.seeds, progress=not args.quiet)
+    rows = run_sweep(spec, args.out, args.set, args.seeds, progress=not args.quiet)
     for r in rows:
         print(f"{r['dir']}: pool {r['pool_size']}, real test {_pct(r['test_acc'])} %")
     print(f"report: {Path(args.out) / 'report' / 'report.md'}")
@@ -71,8 +68,9 @@ def cmd_sweep(args) -> int:
 def cmd_prune(args) -> int:
     from deliberate.baselines import PruneConfig, run_prune
     from deliberate.config import load_config
+    from deliberate.presets import resolve
 
-    cfg = load_config(PruneConfig, args.config, args.set)
+    cfg = load_config(PruneConfig, resolve(args.config), args.set)
     s = run_prune(cfg, args.out, progress=not args.quiet)
     print(f"{args.out}: kept {s['selected']} of {s['candidates']} candidates (R = {s['ratio']:g}), "
           f"pool {s['pool_size']}: real test {_pct(s['test_acc'])} % "

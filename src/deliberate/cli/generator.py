@@ -11,8 +11,9 @@ from deliberate.cli.args import add_set_argument
 def cmd_train_generator(args) -> int:
     from deliberate.config import load_config
     from deliberate.generators.train_pixel import GeneratorConfig, train_generator
+    from deliberate.presets import resolve
 
-    cfg = load_config(GeneratorConfig, args.config, args.set)
+    cfg = load_config(GeneratorConfig, resolve(args.config), args.set)
     if args.data_dir:
         cfg.data_dir = args.data_dir
     final = train_generator(cfg, args.out, progress=not args.quiet)

@@ -17,8 +17,9 @@ def cmd_run(args) -> int:
     from deliberate.config import load_config
     from deliberate.errors import DeliberateError
     from deliberate.practice import PracticeConfig, run_practice
+    from deliberate.presets import resolve
 
-    config = args.config
+    config = args.config and resolve(args.config)
     if config is None:  # resume with the config the run was started with
         config = Path(args.out) / "config.yaml"
         if not config.is_file():
@@ -41,6 +42,17 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_presets(args) -> int:
+    from deliberate import presets
+
+    names = presets.names()
+    width = max(map(len, names))
+    for name in names:
+        print(f"{name:<{width}}  {presets.describe(name)}")
+    print(f"\n({presets.ROOT}; use a name wherever a config file goes: deliberate run fmnist/dp ...)")
+    return 0
+
+
 def register(subparsers) -> None:
     """Add `run` to the `deliberate` parser."""
     p = subparsers.add_parser(
@@ -54,10 +66,17 @@ def register(subparsers) -> None:
         "config",
         nargs="?",
         default=None,
-        help="YAML config, e.g. configs/fmnist/dp.yaml "
-        "(omit to resume DIR with its saved config.yaml)",
+        help="YAML config file, or a preset name such as fmnist/dp (`deliberate presets`); "
+        "omit to resume DIR with its saved config.yaml",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="run folder (created or resumed)")
     add_set_argument(p, "practice.patience=3")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_run)
+
+    p = subparsers.add_parser(
+        "presets",
+        help="list the YAML presets shipped with the package",
+        description="Every preset's name (usable wherever a config file is) and what it is.",
+    )
+    p.set_defaults(func=cmd_presets)
