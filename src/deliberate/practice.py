@@ -37,7 +37,7 @@ from deliberate.guidance import GuidanceSettings
 from deliberate.learner import accuracy, build_learner
 from deliberate.rundir import RunDir
 from deliberate.summary import loop_summary, summarize_run
-from deliberate.training import LearnerSettings, Trainer, cpu_rng, pool_sampler
+from deliberate.training import LearnerSettings, TrainConfig, Trainer, cpu_rng, pool_sampler
 
 # Compute so far, logged in every metrics row: see deliberate.accounting for each key.
 LEDGER = (*accounting.COUNTS, *accounting.SECONDS)
@@ -138,14 +138,18 @@ class LoopState:
     losses: list = dataclasses.field(default_factory=list)  # train losses since the last eval
 
 
-def decide(cfg: PracticeConfig, state: LoopState, val_acc: float, step: int) -> bool:
-    """Update patience T with one evaluation; True when round k + 1 must be generated now."""
+def decide(cfg: PracticeConfig, state: LoopState, val_acc: float, step: int,
+           schedule: TrainConfig | None = None) -> bool:  # fmt: skip
+    """Update patience T with one evaluation; True when round k + 1 must be generated now.
+
+    `schedule` is the run's TrainConfig (its warm-up and cool-down bound when rounds may come).
+    """
     p = cfg.practice
     if val_acc > state.best_val:
         state.best_val, state.patience = val_acc, 0
     else:
         state.patience += 1
-    tc = cfg.learner.train_config(p.eval_every, cfg.seed)  # the schedule's boundaries, once
+    tc = schedule or cfg.learner.train_config(p.eval_every, cfg.seed)
     allowed = p.per_round > 0 and state.pool_size < p.max_images
     allowed = allowed and tc.warmup_end <= step < tc.cooldown_start
     return allowed and state.patience >= patience_limit(p, state.pool_size)
@@ -272,7 +276,7 @@ class Run:
             row = self.evaluate(st.losses)
             st.losses = []
             faults.point("eval.done")
-            add = decide(cfg, st, row["val_acc"], tr.step_count) and grow
+            add = decide(cfg, st, row["val_acc"], tr.step_count, tr.cfg) and grow
             row.update(
                 best_val=st.best_val,
                 patience=st.patience,
