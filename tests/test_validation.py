@@ -297,7 +297,15 @@ def test_no_loader_can_run_code_from_a_file():
     calls = [(name, m) for name, t in text.items() for m in re.findall(r"torch\.load\([^)]*\)", t)]
     assert calls and all("weights_only=True" in m for _, m in calls), calls
     for name, t in text.items():
-        assert not re.search(r"yaml\.(load|unsafe_load|full_load)\(", t), name
+        assert not re.search(r"yaml\.(unsafe_load|full_load)\(", t), name
+        # yaml.load only with config's loader, a SafeLoader subclass (no dates, aliases bounded)
+        assert all(m == "Loader=_Loader" for m in re.findall(r"yaml\.load\([^,]*, (Loader=\w+)", t)), name
+        assert len(re.findall(r"yaml\.load\(", t)) == len(re.findall(r"yaml\.load\([^,]*, Loader=", t)), name
         assert not re.search(r"allow_pickle\s*=\s*True|trust_remote_code|custom_pipeline", t), name
         assert "pickle.load" not in t, name
     assert "use_safetensors=True" in text["pixel.py"]  # the generator's weights
+    import yaml
+
+    from deliberate import config
+
+    assert issubclass(config._Loader, yaml.SafeLoader)
