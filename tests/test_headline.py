@@ -1,0 +1,55 @@
+"""benchmarks/headline.py: budgets chosen on validation, both headline ratios, seed by seed."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+spec = importlib.util.spec_from_file_location(
+    "headline", Path(__file__).resolve().parent.parent / "benchmarks" / "headline.py"
+)
+headline = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(headline)
+
+
+def grid_of(rows):
+    """{method: {pool: {iterations: {seed: (val, test)}}}} from (method, pool, its, seed, val, test)."""
+    grid = {}
+    for m, n, its, seed, val, test in rows:
+        grid.setdefault(m, {}).setdefault(n, {}).setdefault(its, {})[seed] = (val, test)
+    return grid
+
+
+def test_the_budget_is_chosen_on_validation_never_on_test():
+    by_budget = {1000: {0: (0.80, 0.90), 1: (0.80, 0.90)}, 4000: {0: (0.85, 0.70), 1: (0.84, 0.71)}}
+    assert headline.choose(by_budget) == (4000, [0, 1])  # best val, though its test is worse
+    tie = {1000: {0: (0.8, 0.1)}, 2000: {0: (0.8, 0.9)}}
+    assert headline.choose(tie)[0] == 1000  # a tie goes to the cheaper budget
+
+
+def test_both_ratios_from_the_chosen_budgets():
+    rows = []
+    for seed in (0, 1):
+        rows += [("static", 10_000, 1000, seed, 0.80, 0.80), ("static", 10_000, 4000, seed, 0.81, 0.81),
+                 ("static", 40_000, 1000, seed, 0.80, 0.80), ("static", 40_000, 4000, seed, 0.84, 0.84),
+                 ("DP", 2_500, 1000, seed, 0.82, 0.82), ("DP", 2_500, 4000, seed, 0.81, 0.85),
+                 ("DP", 10_000, 1000, seed, 0.85, 0.86), ("DP", 10_000, 4000, seed, 0.84, 0.88)]  # fmt: skip
+    grid = grid_of(rows)
+    chosen = {m: {n: headline.choose(grid[m][n]) for n in grid[m]} for m in grid}
+    assert chosen["DP"][10_000][0] == 1000 and chosen["static"][40_000][0] == 4000
+    r = headline.ratios(grid, chosen)
+    assert r["best_static"] == (40_000, 0.84)
+    # DP's curve at its chosen budgets: 0.82 at 2.5k, 0.86 at 10k; 0.84 is half-way in log size
+    assert r["dp_images_to_best_static"] == pytest.approx(5_000)
+    assert r["images_ratio"] == pytest.approx(8.0)
+    # DP's best (0.86 at 10k, 1,000 it) is beyond every static budget: not reached
+    assert r["dp_best"] == (10_000, 1000, 0.86) and r["iterations_ratio"] is None
+    assert headline.ratios(grid, chosen, seed=1)["images_ratio"] == pytest.approx(8.0)
+    rows += [("static", n, 8000, s, v, v) for n, v in ((10_000, 0.81), (40_000, 0.87)) for s in (0, 1)]
+    grid = grid_of(rows)
+    chosen = {m: {n: headline.choose(grid[m][n]) for n in grid[m]} for m in grid}
+    r = headline.ratios(grid, chosen)
+    assert r["best_static"] == (40_000, 0.87) and r["images_ratio"] is None  # DP never gets there
+    # static reaches DP's 0.86 between 4k (0.84) and 8k (0.87) iterations: 4000 * 2^(2/3)
+    assert r["static_iterations_to_dp_best"] == pytest.approx(4000 * 2 ** (2 / 3))
+    assert r["iterations_ratio"] == pytest.approx(4 * 2 ** (2 / 3))
