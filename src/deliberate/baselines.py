@@ -33,7 +33,7 @@ from deliberate.data.pool import RESERVED, Pool
 from deliberate.errors import DeliberateError
 from deliberate.generate import generate_into_pool
 from deliberate.generators import check_fits, load_backend
-from deliberate.practice import LoopState, PracticeConfig, Run, run_practice
+from deliberate.practice import PracticeConfig, Run, run_practice
 from deliberate.rounds import CANDIDATE_ROUND, ROUND_STRIDE, guided_batch, round_plan
 from deliberate.rundir import RunDir, load_learner
 from deliberate.selection import select_top_entropy
@@ -173,10 +173,8 @@ def run_prune(cfg: PruneConfig, out_dir: str | Path, progress: bool = True, call
         pool = Pool.open_or_create(trd.root / "pool", scorer_pool.meta)
         _fill_train_pool(pool, scorer_pool, cands, chosen, cfg.prune.keep_initial)
         run = Run(train_cfg, backend, split, pool, trd, progress, callback, tag="prune")
-        ckpt = trd.load_checkpoint()
-        run.restore(ckpt)
-        if ckpt is None:  # the pool is complete: train on it, no rounds
-            run.state = LoopState(round=1, pending=False, pool_size=len(pool))
+        # From scratch, the pool is complete: train on it, no rounds.
+        run.restore(trd.load_checkpoint(), round=1, pending=False, pool_size=len(pool))
         run.loop(grow=False)
         last = trd.metrics()[-1]
         final = {

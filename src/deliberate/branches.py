@@ -108,14 +108,11 @@ def finish_prefix(main, n: int) -> dict:
     if distributed.is_main():
         rd.root.mkdir(parents=True, exist_ok=True)
     run = main.branch(rd, limit=n, tag=f"static {n}")
-    ckpt = rd.load_checkpoint()
-    if ckpt is None:  # its images are in the pool already: it stands for a prefix's generation
-        share = n / main.state.pool_size
-        generation = ("denoiser_evals", "images_generated", "seconds_generate")
-        ledger = {k: v * share if k in generation else 0 for k, v in main.state.ledger.items()}
-        run.state = dataclasses.replace(run.state, round=0, pending=False, pool_size=n,
-                                        ledger=ledger)  # fmt: skip
-    run.restore(ckpt)
+    # From scratch, its images are in the pool already: it stands for a prefix's generation.
+    share = n / main.state.pool_size
+    generation = ("denoiser_evals", "images_generated", "seconds_generate")
+    ledger = {k: v * share if k in generation else 0 for k, v in main.state.ledger.items()}
+    run.restore(rd.load_checkpoint(), round=0, pending=False, pool_size=n, ledger=ledger)
     run.loop(grow=False)
     budgets = budget_results(run)
     return _write_result(rd, {**budgets[-1], "budgets": budgets})

@@ -177,12 +177,15 @@ class Run:
         }
         self.trainer, self.state, self.sampler = Trainer(net.to(cfg.device), tc), LoopState(), None
 
-    def restore(self, ckpt: dict | None) -> None:
-        """Continue from a checkpoint (None: from scratch); drop metrics rows written after it."""
+    def restore(self, ckpt: dict | None, **fresh) -> None:
+        """Continue from a checkpoint, or start from scratch with LoopState(**fresh) (a branch
+        whose pool is already complete); drop metrics rows written after the state."""
         if ckpt is not None:
             self.trainer.load_state_dict(ckpt["trainer"])
             self.state = LoopState(**ckpt["loop"])
             torch.set_rng_state(ckpt["rng"])
+        else:
+            self.state = LoopState(**fresh)
         if distributed.is_main():
             self.rd.truncate_metrics(self.state.evals)
 
