@@ -47,7 +47,7 @@ def test_wheel_ships_the_presets_and_runs_outside_the_checkout(installed):
     assert {"fmnist/dp", "fmnist/demo", "fmnist/tiny", "imagenet100/dp"} <= listed
     assert deliberate(installed, "demo", "--help").returncode == 0
     bad = deliberate(installed, "run", "fmnist/nope", "--out", "x")
-    assert bad.returncode == 2 and "neither a config file nor a preset" in bad.stderr
+    assert bad.returncode == 2 and "no such file or preset" in bad.stderr
     assert not (installed / "work" / "x").exists()
 
 

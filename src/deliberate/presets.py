@@ -37,6 +37,6 @@ def resolve(config: str | Path) -> Path:
     if not path.is_absolute() and ".." not in path.parts and candidate.is_file():
         return candidate
     raise DeliberateError(
-        f"{config} is neither a config file nor a preset; `deliberate presets` lists the presets "
-        f"(e.g. {', '.join(names()[:3])})"
+        f"cannot read config {config}: no such file or preset; check the path "
+        f"(`deliberate presets` lists the presets, e.g. {', '.join(names()[:2])})"
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from deliberate.cli.args import add_set_argument
 
-DEMO = "demo.yaml"
+DEMO = "fmnist/demo"  # the preset
 
 
 def _pct(v) -> str:
@@ -98,7 +98,7 @@ def register(subparsers) -> None:
         formatter_class=fmt,
     )
     p.add_argument("--out", default="runs/demo", help="demo folder")
-    p.add_argument("--config", default=None, help=f"sweep file; none = configs/fmnist/{DEMO}")
+    p.add_argument("--config", default=None, help=f"sweep file or preset; none = the {DEMO} preset")
     add_set_argument(p, "learner.iterations=500")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
