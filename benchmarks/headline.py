@@ -71,8 +71,9 @@ def choose(by_budget: dict) -> tuple[int, list[int]]:
 
 
 def fmt(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):.2f} ± {100 * sd:.2f}"
+    if len(values) == 1:
+        return f"{100 * values[0]:.2f} (1 seed)"
+    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
 
 
 def envelope(curve: list[tuple[float, float]]) -> list[tuple[float, float]]:
