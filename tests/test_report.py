@@ -106,6 +106,14 @@ def test_sweep_runs_resumes_and_reports(tmp_path, generator, capsys):
     assert "| DP ω=0, fixed T=1 | 1 |" in md and "| DP ω=0.02, fixed T=1 | 1 |" in md
     assert all(f"![{name}]({name})" in md for name in PLOTS)
     assert "plain vs guided" in md
+    # Pool quality against the real test images, per setting and per DP round (cached per run)
+    assert "## Pool quality" in md and "| DP ω=0.02, fixed T=1 | 1 |" in md.split("## Pool quality")[1]
+    quality = json.loads((out / "omega0.02-s0" / "quality.json").read_text())
+    assert set(quality["rounds"]) == {str(k) for k in range(summary["rounds"] + 1)}
+    assert len(quality["per_class_test_acc"]) == 10
+    q = quality["pool"]
+    assert 0 < q["fidelity"] <= 1 and q["fd"] > 0
+    assert all(0 <= q[k] <= 1 for k in ("precision", "recall", "coverage")) and q["density"] >= 0
     assert main(["report", str(tmp_path / "nothing"), "--out", str(report)]) == 2
 
 

@@ -155,6 +155,10 @@ def run_quality(root: str | Path, judge: Learner, split, *, max_images: int = 50
     idx = _subset(len(pool), max_images)
     view = pool.images_view()
     out["pool"] = set_quality(features(judge, view[idx]), labels[idx], real_feats)
+    for n in sorted(int(d.name.split("-")[1]) for d in root.glob("prefixes/n-*")):
+        sel = _subset(n, max_images)  # the n-image static pool a prefix learner trained on
+        out.setdefault("prefixes", {})[str(n)] = set_quality(features(judge, view[sel]),
+                                                             labels[sel], real_feats)  # fmt: skip
     if rounds.max() > 0:
         out["rounds"] = {}
         for k in np.unique(rounds).tolist():

@@ -92,6 +92,10 @@ def quality_table(runs: list[dict]) -> list[str]:
     for label, g in groups.items():
         q = [r["quality"]["pool"] for r in g]
         lines.append(f"| {label} | {len(g)} | {q[0]['images']} | {_quality_cells(q)} |")
+        for n in sorted(g[0]["quality"].get("prefixes", {}), key=int):  # static prefix pools
+            q = [r["quality"]["prefixes"][n] for r in g if n in r["quality"].get("prefixes", {})]
+            lines.append(f"| {label}, first {int(n):,} | {len(q)} | {q[0]['images']} | "
+                         f"{_quality_cells(q)} |")  # fmt: skip
     rounds = [(lab, g) for lab, g in groups.items() if "rounds" in g[0]["quality"]]
     if rounds:
         lines += ["", "Per round (DP: round 0 is plain, rounds >= 1 guided by the learner then):", "",
