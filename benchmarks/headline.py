@@ -34,19 +34,22 @@ from deliberate.errors import DeliberateError  # noqa: E402
 from deliberate.report.runs import expand_dirs, load_run  # noqa: E402
 
 
-def points(run: dict) -> list[tuple[int, int, float, float]]:
-    """(pool, iterations, val, test) of every learner a run trained."""
+def points(run: dict) -> list[tuple[int, int, float, float, int]]:
+    """(setting, iterations, val, test, pool) of every learner a run trained. The setting is the
+    image budget (`practice.max_images`; a static prefix's n): a DP run's pool at a short budget
+    can be smaller than it, since its last rounds may come after that budget's cool-down."""
     s = run["summary"]
     own = [{"pool_size": s["pool_size"], "iterations": s["iterations"], "val_acc": s["val_acc"],
             "test_acc": s["test_acc"]}]  # fmt: skip
-    rows = s.get("budgets") or own
+    size = run["config"]["practice"]["max_images"]
+    rows = [(size, r) for r in s.get("budgets") or own]
     for prefix in s.get("prefixes", []):
-        rows += prefix.get("budgets") or [prefix]
-    return [(r["pool_size"], r["iterations"], r["val_acc"], r["test_acc"]) for r in rows]
+        rows += [(prefix["pool_size"], r) for r in prefix.get("budgets") or [prefix]]
+    return [(n, r["iterations"], r["val_acc"], r["test_acc"], r["pool_size"]) for n, r in rows]
 
 
 def collect(folders) -> dict:
-    """{method: {pool: {iterations: {seed: (val, test)}}}}."""
+    """{method: {setting: {iterations: {seed: (val, test, pool)}}}}."""
     grid = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
     for folder in expand_dirs(folders):
         try:
@@ -56,8 +59,8 @@ def collect(folders) -> dict:
             continue
         if run["kind"] != "practice" or run["method"] not in ("static", "DP"):
             continue
-        for pool, its, val, test in points(run):
-            grid[run["method"]][pool][its][run["seed"]] = (val, test)
+        for size, its, val, test, pool in points(run):
+            grid[run["method"]][size][its][run["seed"]] = (val, test, pool)
     return grid
 
 
@@ -106,13 +109,18 @@ def ratios(grid, chosen, seed=None) -> dict:
             return None
         return statistics.mean(cell[s][1] for s in seeds)
 
-    curves = {m: [(n, test(m, n, chosen[m][n][0])) for n in chosen[m]] for m in chosen}
+    def pool(method, n, its):  # the pool the learners of a setting had at that budget
+        return statistics.mean(v[2] for v in grid[method][n][its].values())
+
+    curves = {m: [(pool(m, n, chosen[m][n][0]), test(m, n, chosen[m][n][0])) for n in chosen[m]]
+              for m in chosen}  # fmt: skip
     curves = {m: [(n, a) for n, a in c if a is not None] for m, c in curves.items()}
     static, dp = envelope(curves["static"]), envelope(curves["DP"])
     best_static_n, best_static = max(curves["static"], key=lambda p: (p[1], -p[0]))
     need = reaching(dp, best_static)
     dp_n, dp_best = max(curves["DP"], key=lambda p: (p[1], -p[0]))
-    dp_its = chosen["DP"][dp_n][0]
+    dp_its = next(chosen["DP"][n][0] for n in chosen["DP"]
+                  if pool("DP", n, chosen["DP"][n][0]) == dp_n)  # fmt: skip
     # static's accuracy per budget: its best size at that budget (chosen on val), then monotone
     per_budget = []
     for its in sorted({b for n in grid["static"] for b in grid["static"][n]}):
@@ -159,15 +167,17 @@ def main() -> None:
                     cells.append("–")
             print(f"| {n:,} | " + " | ".join(cells) + f" | {best:,} |")
         print()
-    print("At the budget chosen on validation:\n")
-    print("| method | pool | iterations | real test %, mean ± sd | per seed | seeds |")
-    print("|---|---|---|---|---|---|")
+    print("At the budget chosen on validation (DP's pool can be smaller at a short budget: "
+          "its last rounds come later):\n")
+    print("| method | image budget | pool | iterations | real test %, mean ± sd | per seed | seeds |")
+    print("|---|---|---|---|---|---|---|")
     for method in ("static", "DP"):
         for n, (best, seeds) in chosen[method].items():
             tests = [grid[method][n][best][s][1] for s in seeds]
+            pools = sorted({grid[method][n][best][s][2] for s in seeds})
             per = ", ".join(f"{100 * t:.2f}" for t in tests)
-            print(f"| {method} | {n:,} | {best:,} | {fmt(tests)} | {per} | "
-                  f"{', '.join(map(str, seeds))} |")  # fmt: skip
+            print(f"| {method} | {n:,} | {'/'.join(f'{p:,}' for p in pools)} | {best:,} | "
+                  f"{fmt(tests)} | {per} | {', '.join(map(str, seeds))} |")  # fmt: skip
 
     r = ratios(grid, chosen)
     all_seeds = sorted({s for m in chosen for _, seeds in chosen[m].values() for s in seeds})

@@ -13,17 +13,20 @@ spec.loader.exec_module(headline)
 
 
 def grid_of(rows):
-    """{method: {pool: {iterations: {seed: (val, test)}}}} from (method, pool, its, seed, val, test)."""
+    """{method: {size: {iterations: {seed: (val, test, pool)}}}} from (method, size, its, seed,
+    val, test); the pool is the size unless a row says otherwise (a 7th value)."""
     grid = {}
-    for m, n, its, seed, val, test in rows:
-        grid.setdefault(m, {}).setdefault(n, {}).setdefault(its, {})[seed] = (val, test)
+    for m, n, its, seed, val, test, *pool in rows:
+        cell = grid.setdefault(m, {}).setdefault(n, {}).setdefault(its, {})
+        cell[seed] = (val, test, pool[0] if pool else n)
     return grid
 
 
 def test_the_budget_is_chosen_on_validation_never_on_test():
-    by_budget = {1000: {0: (0.80, 0.90), 1: (0.80, 0.90)}, 4000: {0: (0.85, 0.70), 1: (0.84, 0.71)}}
+    by_budget = {1000: {0: (0.80, 0.90, 1), 1: (0.80, 0.90, 1)},
+                 4000: {0: (0.85, 0.70, 1), 1: (0.84, 0.71, 1)}}  # fmt: skip
     assert headline.choose(by_budget) == (4000, [0, 1])  # best val, though its test is worse
-    tie = {1000: {0: (0.8, 0.1)}, 2000: {0: (0.8, 0.9)}}
+    tie = {1000: {0: (0.8, 0.1, 1)}, 2000: {0: (0.8, 0.9, 1)}}
     assert headline.choose(tie)[0] == 1000  # a tie goes to the cheaper budget
 
 
@@ -53,3 +56,10 @@ def test_both_ratios_from_the_chosen_budgets():
     # static reaches DP's 0.86 between 4k (0.84) and 8k (0.87) iterations: 4000 * 2^(2/3)
     assert r["static_iterations_to_dp_best"] == pytest.approx(4000 * 2 ** (2 / 3))
     assert r["iterations_ratio"] == pytest.approx(4 * 2 ** (2 / 3))
+    # a DP setting whose short budget ended before its last round: the pool at the chosen budget
+    rows += [("DP", 40_000, 1000, s, 0.86, 0.86, 32_000) for s in (0, 1)]
+    rows += [("DP", 40_000, 4000, s, 0.90, 0.88) for s in (0, 1)]
+    grid = grid_of(rows)
+    chosen = {m: {n: headline.choose(grid[m][n]) for n in grid[m]} for m in grid}
+    r = headline.ratios(grid, chosen)
+    assert r["dp_best"] == (40_000, 4000, 0.88) and r["dp_curve"][-1] == (40_000, 0.88)
