@@ -57,7 +57,8 @@ def save(fig, path: str | Path, *, dpi: int = DPI, tight: str | None = "layout")
 
 def plain_log_xticks(ax, ticks) -> None:
     """Put x ticks at `ticks` and label them as plain numbers (not powers) on a log axis."""
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     ax.set_xticks(ticks)
     ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())  # no "2 x 10^4" between the chosen ticks
