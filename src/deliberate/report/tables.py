@@ -83,8 +83,13 @@ def _quality_cells(rows: list[dict]) -> str:
 
 def quality_table(runs: list[dict]) -> list[str]:
     """Pool quality per setting (deliberate.quality) and, for DP, per round; [] if unmeasured."""
-    groups = {lab: [r for r in g if "quality" in r] for lab, g in by_label(runs).items()}
-    groups = {lab: g for lab, g in groups.items() if g}
+    groups = {}  # one row per setting AND pool size (DP runs of several sizes share a label)
+    for lab, g in by_label(runs).items():
+        for r in g:
+            if "quality" in r:
+                n = r["summary"]["pool_size"]
+                key = lab if f"{n:,}" in lab else f"{lab}, {n:,} images"
+                groups.setdefault(key, []).append(r)
     if not groups:
         return []
     head = "| fidelity % | FD | precision % | recall % | density % | coverage % |"
