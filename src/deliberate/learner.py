@@ -230,6 +230,12 @@ def accuracy(learner: Learner, images, labels) -> float:
     return distributed.all_sum(correct) / max(len(labels), 1)
 
 
+def predict(learner: Learner, images, batch_size: int = 1000) -> np.ndarray:
+    """Predicted class (N,) of every image, in eval mode without gradients."""
+    out = [logits.argmax(-1).cpu().numpy() for _, logits in _batched_logits(learner, images, batch_size)]
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
 def predict_entropy(learner: Learner, images, batch_size: int = 1000) -> np.ndarray:
     """Per-image predictive entropy (N,) in nats, in eval mode without gradients."""
     out = [

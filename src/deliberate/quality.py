@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from deliberate.errors import DeliberateError
-from deliberate.learner import Learner, _batched_logits, build_learner, to_float01
+from deliberate.learner import Learner, build_learner, predict, to_float01
 
 JUDGE = Path(__file__).parent / "assets" / "fmnist-judge" / "judge.safetensors"
 K = 5  # neighbours of the k-NN metrics (Naeem et al.'s default)
@@ -128,8 +128,7 @@ def _subset(n: int, limit: int, seed: int = 0) -> np.ndarray:
 def per_class_accuracy(learner, images, labels, num_classes: int) -> list[float]:
     """Top-1 accuracy of `learner` on each class of (images, labels)."""
     labels = np.asarray(labels)
-    pred = np.concatenate([lg.argmax(-1).cpu().numpy() for _, lg in
-                           _batched_logits(learner, images, 1000)])  # fmt: skip
+    pred = predict(learner, images)
     return [float(np.mean(pred[labels == c] == c)) for c in range(num_classes)]
 
 

@@ -17,15 +17,9 @@ import numpy as np
 from deliberate import accounting
 from deliberate.data.files import atomic_file
 from deliberate.data.shifted import evaluate_shifted
-from deliberate.learner import _batched_logits
+from deliberate.learner import predict
 
 SUMMARY = "summary.json"
-
-
-def _predict(learner, images) -> np.ndarray:
-    return np.concatenate(
-        [logits.argmax(-1).cpu().numpy() for _, logits in _batched_logits(learner, images, 1000)]
-    )
 
 
 def fork_learners(root: str | Path, backend) -> dict[int, object]:
@@ -48,8 +42,8 @@ def round_errors(learner, pool, stages: dict | None = None) -> list[dict]:
     """
     records = pool.records()
     images, labels = pool.images_view(), pool.labels()  # streamed: pools may exceed RAM
-    pred = _predict(learner, images)
-    staged = {j: _predict(m, images) for j, m in sorted((stages or {}).items())}
+    pred = predict(learner, images)
+    staged = {j: predict(m, images) for j, m in sorted((stages or {}).items())}
     rounds = np.array([r["round"] for r in records])
     out = []
     for k in sorted(set(rounds.tolist())):
