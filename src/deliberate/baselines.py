@@ -27,7 +27,7 @@ import numpy as np
 
 from deliberate import accounting, distributed
 from deliberate.config import field, from_dict, to_dict
-from deliberate.data import load_split
+from deliberate.data import load_classes, load_split
 from deliberate.data.files import atomic_file
 from deliberate.data.pool import RESERVED, Pool
 from deliberate.errors import DeliberateError
@@ -148,8 +148,8 @@ def run_prune(cfg: PruneConfig, out_dir: str | Path, progress: bool = True, call
     scorer_root = Path(cfg.prune.scorer_dir) if cfg.prune.scorer_dir else root / "scorer"
     scorer_summary = run_practice(score_cfg, scorer_root, progress=progress)
     with distributed.torch_threads(cfg.threads):
-        split, classes = load_split(cfg.data, cfg.data_dir)
-        backend = load_backend(cfg.generator, device=cfg.device, classes=classes)
+        backend = load_backend(cfg.generator, device=cfg.device, classes=load_classes(cfg.data))
+        split, classes = load_split(cfg.data, cfg.data_dir, backend.image_shape)
         check_fits(backend, split)
         scorer = load_learner(scorer_root, backend, cfg.device, what="the prune scorer")
         scorer_pool = Pool(scorer_root / "pool")

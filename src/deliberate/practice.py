@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from deliberate import accounting, branches, distributed, faults, rounds
 from deliberate.config import field, to_dict
-from deliberate.data import DataSettings, load_split
+from deliberate.data import DataSettings, load_classes, load_split
 from deliberate.data.pool import Pool
 from deliberate.errors import DeliberateError
 from deliberate.generators import GeneratorSettings, check_fits, load_backend, pool_meta
@@ -317,8 +317,8 @@ def run_practice(
     progress = progress and distributed.is_main()
     rd = RunDir(out_dir)
     with distributed.torch_threads(cfg.threads), faults.graceful_stop():
-        split, classes = load_split(cfg.data, cfg.data_dir)
-        backend = load_backend(cfg.generator, device=cfg.device, classes=classes)
+        backend = load_backend(cfg.generator, device=cfg.device, classes=load_classes(cfg.data))
+        split, classes = load_split(cfg.data, cfg.data_dir, backend.image_shape)
         c, h, w = backend.image_shape
         check_fits(backend, split)  # all checks before the first byte is written
         faults.ensure_free_space(out_dir, cfg.practice.initial * (c * h * w + 1024), "round 0")

@@ -26,10 +26,11 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train-generator",
         help="train the embedded pixel-space diffusion generator",
-        description="Train the class-conditional pixel-space generator on real "
-        "Fashion-MNIST; re-running the same command resumes.",
+        description="Train the class-conditional pixel-space generator on real images: "
+        "Fashion-MNIST (fmnist/generator) or the train/ class folders of your own "
+        "(imagefolder/generator, docs/your-data.md). Re-running the same command resumes.",
     )
-    p.add_argument("config", help="YAML config, e.g. configs/fmnist/generator.yaml")
+    p.add_argument("config", help="a preset name (fmnist/generator, imagefolder/generator) or YAML")
     p.add_argument(
         "--out", required=True, help="run folder (checkpoints, sample grids, generator/)"
     )

@@ -14,15 +14,30 @@ from __future__ import annotations
 
 from deliberate.data.settings import ClassList, DataSettings, ImageFolderSettings
 
-__all__ = ["ClassList", "DataSettings", "ImageFolderSettings", "load_split"]
+__all__ = ["ClassList", "DataSettings", "ImageFolderSettings", "load_classes", "load_split"]
 
 
-def load_split(data: DataSettings, data_dir: str | None = None):
-    """(split, classes): the real val/test sets the config names (arrays or streamed folders)."""
+def load_classes(data: DataSettings) -> ClassList:
+    """The classes the config's real data names (cheap: folders are listed, not read)."""
+    if data.kind == "imagefolder":
+        from deliberate.data.imagefolder import class_list
+
+        data.imagefolder.validate()
+        return class_list(data.imagefolder)
+    from deliberate.data.fashion_mnist import CLASS_NAMES
+
+    return ClassList(CLASS_NAMES, CLASS_NAMES)
+
+
+def load_split(data: DataSettings, data_dir: str | None = None, image_shape=None):
+    """(split, classes): the real val/test sets the config names (arrays or streamed folders).
+
+    `image_shape` (C, H, W), the generator's, is the size preloaded ImageFolder images take.
+    """
     if data.kind == "imagefolder":
         from deliberate.data.imagefolder import load_imagefolder_split  # torch, PIL
 
-        split = load_imagefolder_split(data.imagefolder)
+        split = load_imagefolder_split(data.imagefolder, image_shape)
         return split, split.classes
     from deliberate.data.fashion_mnist import CLASS_NAMES, load_eval_split  # numpy only
 

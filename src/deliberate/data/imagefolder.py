@@ -18,6 +18,11 @@ OOD sets (ImageNet-V2, -Sketch, -R, -A) are evaluated on the classes they share 
 ImageNet-R and -A hold 200 classes; the learner's logits are then restricted to the shared
 classes (Hendrycks et al.'s convention for the 200-class sets) and the number of classes
 evaluated is reported with the accuracy. ImageNet-V2 folders are named by ImageNet-1k index.
+
+Your own images (docs/your-data.md) use the same reader with ``train/``, ``val/`` and ``test/``
+folders of any class names (``classes: all``): ``train/`` trains the generator only
+(`load_train_images`), and with ``preload`` the small val/test sets are decoded once into uint8
+arrays at the generator's size and channels, like Fashion-MNIST's.
 """
 
 from __future__ import annotations
@@ -79,15 +84,25 @@ def _split_dir(root: Path, split: str) -> Path:
     return folder
 
 
+def _class_folders(folder: Path) -> list[str]:
+    """The sorted names of the class sub-folders of a split (hidden folders skipped)."""
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+
+
 def class_list(s: ImageFolderSettings) -> ClassList:
     """The learner's classes: the chosen wnids with their names and ImageNet-1k ids if known."""
     if not s.root:
         raise DeliberateError("data.kind imagefolder needs data.imagefolder.root")
     root = Path(s.root).expanduser()
-    train = _split_dir(root, s.test_split)
-    folders = sorted(e.name for e in os.scandir(train) if e.is_dir())
+    listed = s.train_split if (root / s.train_split).is_dir() else s.test_split
+    folders = _class_folders(_split_dir(root, listed))
     if s.classes == "all":
         ids = folders
+        if not ids:
+            raise DeliberateError(
+                f"{root / listed} holds no class folders; put each class's images in "
+                f"{root / listed}/<class name>/"
+            )
     else:
         ids = read_class_file(IMAGENET100 if s.classes == "imagenet100" else s.classes)
     mapping_file = Path(s.synset_mapping) if s.synset_mapping else root / SYNSET_FILE
@@ -191,18 +206,78 @@ class ImageFolderSplit:
     classes: ClassList
 
 
-def load_imagefolder_split(s: ImageFolderSettings) -> ImageFolderSplit:
-    """Index (not load) the val and test images of the chosen classes."""
+def _split_files(s: ImageFolderSettings, split: str, classes: ClassList):
+    """(files, labels) of one split; with `classes: all`, a class folder that train_split
+    lacks is refused (its images would have no label)."""
+    folder = _split_dir(Path(s.root).expanduser(), split)
+    if s.classes == "all":
+        extra = sorted(set(_class_folders(folder)) - set(classes.ids))
+        if extra:
+            raise DeliberateError(
+                f"class folder {folder / extra[0]} is not in {s.train_split}/ (the classes are "
+                f"{s.train_split}/'s folders); add its training images or remove it"
+            )
+    return list_images(folder, classes.ids, where="data.imagefolder.root")
+
+
+def load_imagefolder_split(
+    s: ImageFolderSettings, image_shape: tuple[int, int, int] | None = None
+) -> ImageFolderSplit:
+    """Index the val and test images of the chosen classes, streamed at `image_size`; with
+    `preload`, decode them into uint8 arrays of `image_shape` (C, H, W), the generator's."""
     s.validate()
     classes = class_list(s)
-    root = Path(s.root).expanduser()
     parts = []
     for split in (s.val_split, s.test_split):
-        files, labels = list_images(
-            _split_dir(root, split), classes.ids, where="data.imagefolder.root"
-        )
-        parts += [StreamedImages(files, s.image_size, s.workers), labels]
+        files, labels = _split_files(s, split, classes)
+        if s.preload:
+            if image_shape is None:
+                raise DeliberateError("data.imagefolder.preload needs the generator's image shape")
+            c, h, _ = image_shape
+            parts += [decode_images(files, h, c), labels]
+        else:
+            parts += [StreamedImages(files, s.image_size, s.workers), labels]
     return ImageFolderSplit(*parts, classes)
+
+
+PRELOAD_LIMIT = 8 << 30  # bytes of decoded pixels above which preloading is refused
+
+
+def decode_images(files: list[str], size: int, channels: int) -> np.ndarray:
+    """Decode image files into uint8 (N, S, S) grey or (N, S, S, 3) RGB, the pool's layout.
+
+    Any size and mode is accepted: converted to L or RGB, the largest centred square is resized
+    to size x size (PIL's antialiased bicubic). An unreadable or empty file is one error naming it.
+    """
+    from PIL import Image, ImageOps
+
+    if len(files) * size * size * channels > PRELOAD_LIMIT:
+        raise DeliberateError(
+            f"{len(files)} images of {size}x{size}x{channels} exceed {PRELOAD_LIMIT >> 30} GiB "
+            "in memory; set data.imagefolder.preload=false to stream them"
+        )
+    out = np.empty((len(files), size, size, channels), np.uint8)
+    for i, f in enumerate(files):
+        try:
+            with Image.open(f) as im:
+                im = im.convert("L" if channels == 1 else "RGB")
+                im = ImageOps.fit(im, (size, size), method=Image.Resampling.BICUBIC)
+                out[i] = np.asarray(im).reshape(size, size, channels)
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise DeliberateError(
+                f"cannot read image {f} ({why}); remove or replace the file"
+            ) from None
+    return out[..., 0] if channels == 1 else out
+
+
+def load_train_images(s: ImageFolderSettings, size: int, channels: int):
+    """(images uint8 (N, S, S[, 3]), labels (N,), classes) of train_split: the real images a
+    generator trains on. The learner never sees them."""
+    s.validate()
+    classes = class_list(s)
+    files, labels = _split_files(s, s.train_split, classes)
+    return decode_images(files, size, channels), labels, classes
 
 
 @dataclass(frozen=True)

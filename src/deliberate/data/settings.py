@@ -17,17 +17,26 @@ OOD_SETS = {  # name -> how its class folders are named
 
 @dataclass
 class ImageFolderSettings:
-    """Where the ImageNet folders are and which classes to use."""
+    """Where the class folders are (ImageNet, or your own images) and which classes to use."""
 
-    root: str | None = field(None, "folder holding train/ and val/, one sub-folder per wnid")
+    root: str | None = field(None, "folder holding the splits, one sub-folder per class in each")
     classes: str = field(
-        "imagenet100", "imagenet100 (Tian et al. 2020, shipped), all, or a file of wnids"
+        "imagenet100",
+        "imagenet100 (Tian et al. 2020, shipped), all (every folder of train_split), or a file",
     )
     synset_mapping: str | None = field(
         None, "LOC_synset_mapping.txt (names, 1k ids); null = ROOT/LOC_synset_mapping.txt if any"
     )
     val_split: str = field("val", "sub-folder of the validation set (decides patience)")
     test_split: str = field("train", "sub-folder of the held-out test set (never decides)")
+    train_split: str = field(
+        "train", "sub-folder of real training images: train-generator only, never the learner"
+    )
+    preload: bool = field(
+        False,
+        "decode val/test once into memory at the generator's size and channels (small images); "
+        "false: stream them at image_size (ImageNet)",
+    )
     image_size: int = field(224, "evaluation images: resize to size/0.875, centre crop", ge=8)
     workers: int = field(4, "DataLoader worker processes for evaluation; 0 = in process", ge=0)
     ood: dict[str, str] = field(

@@ -47,7 +47,14 @@ def load_backend(settings, *, device: str = "cpu", classes=None):
         if classes is not None and len(classes.names) != backend.num_classes:
             raise DeliberateError(
                 f"the pixel generator has {backend.num_classes} classes but the data has "
-                f"{len(classes.names)}; use a generator trained on these classes"
+                f"{len(classes.names)}; use a generator trained on these classes (generator.path)"
+            )
+        if classes is not None and tuple(backend.class_names) != tuple(classes.names):
+            pairs = zip(backend.class_names, classes.names, strict=True)  # counts checked above
+            k = next(i for i, (a, b) in enumerate(pairs) if a != b)
+            raise DeliberateError(
+                f"the pixel generator's class {k} is {backend.class_names[k]!r} but the data's is "
+                f"{classes.names[k]!r}; use a generator trained on these class folders (generator.path)"
             )
         return backend
     if classes is None:
@@ -66,8 +73,14 @@ def load_backend(settings, *, device: str = "cpu", classes=None):
 def check_fits(backend, split) -> None:
     """Refuse a generator whose classes or image shape differ from the real evaluation data."""
     classes = int(split.val_labels.max()) + 1
-    arrays = getattr(split.val_images, "ndim", None) == 3  # Fashion-MNIST (ImageFolder streams)
-    shape = (1, *split.val_images.shape[1:]) if arrays else None
+    ndim = getattr(split.val_images, "ndim", None)  # arrays: Fashion-MNIST, preloaded folders
+    if ndim == 3:  # (N, H, W) grey
+        shape = (1, *split.val_images.shape[1:])
+    elif ndim == 4:  # (N, H, W, C)
+        n, h, w, c = split.val_images.shape
+        shape = (c, h, w)
+    else:  # streamed at the learner's input size
+        shape = None
     if backend.num_classes != classes:
         raise DeliberateError(
             f"the generator has {backend.num_classes} classes but the dataset has {classes}; "

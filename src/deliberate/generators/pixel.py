@@ -11,6 +11,7 @@ On disk a generator is a diffusers-format folder: `unet/` (config.json + safeten
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -34,10 +35,14 @@ META_FILE = "deliberate.json"
 class PixelModelConfig:
     """Architecture of the pixel-space UNet and its noise schedule."""
 
-    image_size: int = field(28, "side of the square images", gt=0)
+    image_size: int = field(28, "side of the square images, 16 to 64 px", ge=16, le=64)
     image_channels: int = field(1, "image channels (1 grey, 3 RGB)", choices=(1, 3))
-    unshuffle: int = field(4, "pixel-unshuffle factor: the UNet sees (C*f*f, H/f, W/f)", ge=1)
-    block_out_channels: list[int] = field([64], "UNet channels per resolution level")
+    unshuffle: int = field(
+        4, "pixel-unshuffle factor: the UNet sees (C*f*f, H/f, W/f); 0 = auto (about 8x8)", ge=0
+    )
+    block_out_channels: list[int] = field(
+        [64], "UNet channels per resolution level; [] = auto (one level, scaled with C*f*f)"
+    )
     layers_per_block: int = field(2, "resnet layers per UNet block", ge=1)
     norm_num_groups: int = field(8, "GroupNorm groups", ge=1)
     attention: bool = field(True, "self-attention in the UNet's mid block")
@@ -51,20 +56,36 @@ class PixelModelConfig:
     )
     num_train_timesteps: int = field(1000, "diffusion timesteps", gt=1)
 
+    def resolved(self) -> PixelModelConfig:
+        """This config with `unshuffle: 0` and `block_out_channels: []` made concrete.
+
+        Auto picks the largest factor that divides the size and leaves the UNet at least 7x7
+        positions (28 -> 4, 32 -> 4, 16 -> 2, 64 -> 8), and 64 channels per 32 unshuffled input
+        channels (28 px grey: 64; 32 px RGB: 128), the measured sweet spot of docs/generator.md.
+        """
+        f = self.unshuffle or max(
+            d for d in range(1, self.image_size + 1)
+            if self.image_size % d == 0 and self.image_size // d >= 7
+        )  # fmt: skip
+        widths = list(self.block_out_channels) or [64 * -(-self.image_channels * f * f // 32)]
+        return dataclasses.replace(self, unshuffle=f, block_out_channels=widths)
+
     def validate(self) -> None:
-        if self.image_size % self.unshuffle:
+        cfg = self.resolved()
+        if cfg.image_size % cfg.unshuffle:
             raise DeliberateError(
-                f"model.unshuffle={self.unshuffle} must divide model.image_size={self.image_size}"
+                f"model.unshuffle={cfg.unshuffle} must divide model.image_size={cfg.image_size}"
             )
-        for c in self.block_out_channels:
-            if c % self.norm_num_groups:
+        for c in cfg.block_out_channels:
+            if c % cfg.norm_num_groups:
                 raise DeliberateError(
-                    f"model.block_out_channels {c} is not divisible by norm_num_groups={self.norm_num_groups}"
+                    f"model.block_out_channels {c} is not divisible by norm_num_groups={cfg.norm_num_groups}"
                 )
 
 
 def build_unet(cfg: PixelModelConfig, num_classes: int) -> UNet2DModel:
     """A diffusers UNet2DModel working on unshuffled pixels, with num_classes + 1 class embeddings."""
+    cfg = cfg.resolved()
     levels = len(cfg.block_out_channels)
     return UNet2DModel(
         sample_size=cfg.image_size // cfg.unshuffle,
@@ -140,6 +161,7 @@ class PixelBackend(torch.nn.Module):
     @classmethod
     def from_config(cls, cfg: PixelModelConfig, class_names: tuple[str, ...]) -> PixelBackend:
         """A randomly initialised backend (for training, or tiny models in tests)."""
+        cfg = cfg.resolved()
         meta = {
             "class_names": list(class_names),
             "image_size": cfg.image_size,

@@ -1,6 +1,8 @@
 """Train the embedded pixel-space generator on real images: EMA, progress bar, grids, resume.
 
-`deliberate train-generator configs/fmnist/generator.yaml --out DIR` runs `train_generator`.
+`deliberate train-generator fmnist/generator --out DIR` runs `train_generator` on Fashion-MNIST;
+`imagefolder/generator` trains on the `train/` class folders of your own images (16-64 px,
+grey or RGB; docs/your-data.md).
 All randomness (batches, timesteps, noise, CFG label dropout) comes from one torch.Generator
 whose state is checkpointed with the weights, so an interrupted run resumes exactly.
 """
@@ -22,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from deliberate.config import field, to_dict
-from deliberate.data.fashion_mnist import CLASS_NAMES, load_fashion_mnist
+from deliberate.data.settings import DataSettings
 from deliberate.errors import DeliberateError
 from deliberate.generators.base import to_uint8
 from deliberate.generators.pixel import PixelBackend, PixelModelConfig
@@ -56,8 +58,36 @@ class GeneratorConfig:
     data_dir: str | None = field(
         None, "Fashion-MNIST folder (default: $DELIBERATE_DATA_DIR or Debian path)"
     )
+    data: DataSettings = field(
+        DataSettings(), "fashion_mnist, or imagefolder: the images of data.imagefolder.train_split"
+    )
     model: PixelModelConfig = field(PixelModelConfig(), "architecture and schedule")
     train: GeneratorTrainConfig = field(GeneratorTrainConfig(), "optimisation")
+
+
+def training_images(cfg: GeneratorConfig) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+    """The real images the generator learns: (uint8 (N, C, S, S), labels (N,), class names)."""
+    m = cfg.model
+    if cfg.data.kind == "imagefolder":
+        from deliberate.data.imagefolder import load_train_images
+
+        images, labels, classes = load_train_images(
+            cfg.data.imagefolder, m.image_size, m.image_channels
+        )
+        names = classes.names
+    else:
+        from deliberate.data.fashion_mnist import CLASS_NAMES, load_fashion_mnist
+
+        if (m.image_size, m.image_channels) != (28, 1):
+            raise DeliberateError(
+                f"Fashion-MNIST is 28x28 grey, not {m.image_size}x{m.image_size}x"
+                f"{m.image_channels}; set model.image_size=28 and model.image_channels=1"
+            )
+        data = load_fashion_mnist(cfg.data_dir)
+        images, labels, names = data.train_images, data.train_labels, CLASS_NAMES
+    x = torch.from_numpy(images)
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
+    return x, torch.from_numpy(np.asarray(labels, dtype=np.int64)), tuple(names)
 
 
 def _lr_factor(step: int, cfg: GeneratorTrainConfig) -> float:
@@ -83,7 +113,8 @@ class _Checkpoint:
         )
         save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, tmp / "ema.safetensors")
         torch.save({"optimizer": opt.state_dict(), "rng": gen.get_state()}, tmp / "state.pt")
-        (tmp / "progress.json").write_text(json.dumps({"step": step, "config": config}))
+        progress = {"step": step, "config": config, "class_names": list(backend.class_names)}
+        (tmp / "progress.json").write_text(json.dumps(progress))
         old = self.path.with_name("checkpoint.old")
         shutil.rmtree(old, ignore_errors=True)
         if self.path.exists():
@@ -137,6 +168,8 @@ def train_generator(
     long training can be split into several resumable sessions.
     """
     out = Path(out)
+    cfg.model.validate()
+    images, labels, class_names = training_images(cfg)  # refused before anything is written
     try:
         (out / "samples").mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -149,12 +182,9 @@ def train_generator(
     config = to_dict(cfg)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
-    data = load_fashion_mnist(cfg.data_dir)
-    images = torch.from_numpy(data.train_images).unsqueeze(1)  # (N, 1, 28, 28) uint8
-    labels = torch.from_numpy(data.train_labels)
     torch.manual_seed(tc.seed)
-    backend = PixelBackend.from_config(cfg.model, CLASS_NAMES)
-    ema = PixelBackend.from_config(cfg.model, CLASS_NAMES)
+    backend = PixelBackend.from_config(cfg.model, class_names)
+    ema = PixelBackend.from_config(cfg.model, class_names)
     ema.load_state_dict(backend.state_dict())
     ema.requires_grad_(False).eval()
     opt = torch.optim.AdamW(backend.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
@@ -235,7 +265,11 @@ def export_checkpoint(out: str | Path, dest: str | Path | None = None) -> Path:
     from deliberate.config import from_dict
 
     cfg = from_dict(GeneratorConfig, progress["config"])
-    ema = PixelBackend.from_config(cfg.model, CLASS_NAMES)
+    if "class_names" in progress:
+        names = tuple(progress["class_names"])
+    else:  # checkpoints written before the names were recorded: Fashion-MNIST only
+        from deliberate.data.fashion_mnist import CLASS_NAMES as names
+    ema = PixelBackend.from_config(cfg.model, names)
     ema.load_state_dict(load_file(ckpt / "ema.safetensors"))
     dest = Path(dest) if dest is not None else out / "generator"
     ema.save(

@@ -62,7 +62,7 @@ def shifted_table(runs: list[dict]) -> list[str]:
     sets = [*SHIFTS, "mean"]
     lines = ["| setting | clean | " + " | ".join(sets) + " |", "|---" * (len(sets) + 2) + "|"]
     for label, g in by_label(runs).items():
-        s = [r["summary"] for r in g if "shifted" in r["summary"]]
+        s = [r["summary"] for r in g if r["summary"].get("shifted")]
         if s:
             cells = [fmt_mean_sd([x["shifted"][k] for x in s], digits=1) for k in sets]
             lines.append(f"| {label} | {fmt_mean_sd([x['test_acc'] for x in s], digits=1)} | "
