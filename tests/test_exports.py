@@ -128,8 +128,9 @@ def test_pool_dataset_transforms_indexing_and_pickling(tmp_path):
         with pytest.raises(IndexError, match="out of range for a pool of 16"):
             ds[bad]
     plain = PoolDataset(pool.root)
+    unread = len(pickle.dumps(plain))
     plain[0]  # shard 0 is mapped now; pickling must not copy it nor carry an open map
-    assert len(pickle.dumps(plain)) < 4000
+    assert len(pickle.dumps(plain)) == unread
     again = pickle.loads(pickle.dumps(plain))
     torch.testing.assert_close(again[7][0], plain[7][0])
     # Only the shard an index lives in is read: with shard 1 damaged, shards 0 and 2 still load.
