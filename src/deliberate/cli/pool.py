@@ -135,14 +135,16 @@ def cmd_generate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from deliberate.data.export import export_imagefolder, export_npz
+    from deliberate.data import export
     from deliberate.data.pool import Pool
 
     pool = Pool(args.pool)
     if args.format == "npz":
-        export_npz(pool, args.out, force=args.force)
+        export.export_npz(pool, args.out, force=args.force)
     else:
-        export_imagefolder(pool, args.out, pool.class_names, force=args.force)
+        write = {"imagefolder": export.export_imagefolder, "hf": export.export_hf,
+                 "webdataset": export.export_webdataset}[args.format]  # fmt: skip
+        write(pool, args.out, pool.class_names, force=args.force)
     print(f"exported {len(pool)} images to {args.out} ({args.format})")
     return 0
 
@@ -178,9 +180,18 @@ def register(subparsers) -> None:
     _add_sampler_args(p)
     p.set_defaults(func=cmd_generate)
 
-    p = subparsers.add_parser("export", help="export a pool as npz arrays or class folders of PNGs")
+    p = subparsers.add_parser(
+        "export",
+        help="export a pool for other tools: npz, class folders, Hugging Face datasets, WebDataset",
+        description="Export a pool in a form other tools read as they are (docs/exports.md). "
+        "npz: one file of arrays with the manifest columns; imagefolder: 00_<class>/ folders of "
+        "PNGs in label order (torchvision ImageFolder); hf: a datasets.load_from_disk folder "
+        "(needs pip install 'deliberate[hf]'); webdataset: pool-000000.tar... shards of "
+        "KEY.png/.cls/.json. In Python, deliberate.data.PoolDataset reads a pool directly.",
+    )
     p.add_argument("pool", help="pool folder")
-    p.add_argument("--format", choices=("npz", "imagefolder"), default="npz")
+    p.add_argument("--format", choices=("npz", "imagefolder", "hf", "webdataset"), default="npz",
+                   help="output format (default: %(default)s)")
     p.add_argument("--out", required=True, help="output .npz file or folder (must not exist)")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.set_defaults(func=cmd_export)

@@ -1,20 +1,32 @@
 """Real data and the synthetic pool.
 
     fashion_mnist.py   the real Fashion-MNIST idx files: val (1k) / test (9k) split of t10k
-    imagefolder.py     ImageNet-style class folders (streamed), class lists, OOD sets
+    imagefolder.py     class folders (ImageNet streamed, your own preloaded), class lists, OOD sets
     pool.py            the append-only pool of generated images (shards + manifest)
-    export.py          a pool as class folders of PNGs or one npz
+    export.py          a pool as class folders of PNGs, one npz, a `datasets` folder, tar shards
+    dataset.py         PoolDataset: a pool as a map-style torch Dataset (imports torch)
     shifted.py         the shifted test suite (Fashion-MNIST robustness)
     settings.py        DataSettings, ImageFolderSettings, ClassList (plain dataclasses)
 
-`DataSettings` names the real data a run evaluates on; `load_split` loads it.
+`DataSettings` names the real data a run evaluates on; `load_split` loads it. `PoolDataset`
+is imported on first use, so `import deliberate.data` stays free of torch.
 """
 
 from __future__ import annotations
 
 from deliberate.data.settings import ClassList, DataSettings, ImageFolderSettings
 
-__all__ = ["ClassList", "DataSettings", "ImageFolderSettings", "load_classes", "load_split"]
+__all__ = ["ClassList", "DataSettings", "ImageFolderSettings", "PoolDataset", "load_classes",
+           "load_split"]  # fmt: skip
+
+
+def __getattr__(name: str):
+    """`deliberate.data.PoolDataset`, imported (with torch) only when asked for."""
+    if name == "PoolDataset":
+        from deliberate.data.dataset import PoolDataset
+
+        return PoolDataset
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_classes(data: DataSettings) -> ClassList:

@@ -36,6 +36,20 @@ def _npz_member_memmap(path: Path, member: str) -> np.memmap | None:
     return np.memmap(path, dtype, "r", offset, shape, "F" if fortran else "C")
 
 
+def shard_images(path: Path, count: int, corrupt) -> np.ndarray:
+    """One shard's (count, H, W[, C]) uint8 images, memory-mapped in place; damage -> one line."""
+    try:
+        images = _npz_member_memmap(path, "images.npy")
+        if images is None:  # a compressed shard (written by hand): load it whole
+            with np.load(path, allow_pickle=False) as z:
+                images = z["images"]
+    except LOAD_ERRORS as e:
+        raise corrupt(path.name, _one_line(e)) from e
+    if len(images) != count or images.dtype != np.uint8:
+        raise corrupt(path.name, f"{len(images)} images, the manifest says {count}")
+    return images
+
+
 class PoolImages:
     """A pool's images by id, as a read-only lazy array (see `Pool.images_view`)."""
 
@@ -52,16 +66,7 @@ class PoolImages:
     def _shard(self, j: int) -> np.ndarray:
         if j not in self._maps:
             path, _, count = self._shards[j]
-            try:
-                images = _npz_member_memmap(path, "images.npy")
-                if images is None:  # a compressed shard (written by hand): load it whole
-                    with np.load(path, allow_pickle=False) as z:
-                        images = z["images"]
-            except LOAD_ERRORS as e:
-                raise self._corrupt(path.name, _one_line(e)) from e
-            if len(images) != count or images.dtype != np.uint8:
-                raise self._corrupt(path.name, f"{len(images)} images, the manifest says {count}")
-            self._maps[j] = images
+            self._maps[j] = shard_images(path, count, self._corrupt)
         return self._maps[j]
 
     def __getitem__(self, idx) -> np.ndarray:
