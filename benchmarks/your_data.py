@@ -31,7 +31,7 @@ from PIL import Image
 from deliberate.cli import main
 
 SPLITS = {"train": 1000, "val": 300}  # the rest (497) is test
-GENERATOR = ["model.image_size=16", "model.image_channels=1", "train.steps=6000",
+GENERATOR = ["model.image_size=16", "model.image_channels=1", "train.steps=3000",
              "train.sample_every=2000", "train.checkpoint_every=1000"]  # fmt: skip
 BUDGET = ["learner.iterations=1000", "practice.max_images=1000", "practice.eval_every=25",
           "practice.test_every=0"]  # fmt: skip
