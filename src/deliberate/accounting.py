@@ -2,7 +2,7 @@
 
 Every metrics row of a practice run carries the ledger so far (`practice.LEDGER`):
 
-    denoiser_evals        denoiser forward passes, per image (CFG counts two; a guided step one more)
+    denoiser_evals        denoiser forward passes, per image (CFG counts two; a guided step shares one)
     guidance_backward     learner backward passes of entropy guidance, per image and guided step
     guidance_skipped      guidance gradients that were non-finite and zeroed
     images_generated      images sampled into the run's pool (prune: candidates included)
@@ -18,9 +18,10 @@ plus `learner_images` (optimiser steps x batch: the training images seen) and
 the prune baseline). A summary adds `generation_compute`.
 
 `generation_compute` is the cost of making the training pool, in denoiser-evaluation
-equivalents (Fig. 5d's x-axis). A guided step re-runs the denoiser with gradients (one of the
-counted evaluations), back-propagates through it (about 2 forward passes, the usual
-backward ≈ 2 x forward rule; 0 when `guidance.through_denoiser` is false) and runs the learner
+equivalents (Fig. 5d's x-axis). A guided step runs the conditional half of its CFG pass with
+gradients (no extra evaluation; one extra gradient-free one when `guidance.through_denoiser` is
+false), back-propagates through it (about 2 forward passes, the usual backward ≈ 2 x forward
+rule; 0 when `guidance.through_denoiser` is false) and runs the learner
 forward and backward on x̂0 (about 3 learner forwards). Scoring an image is one learner forward.
 A learner forward costs `learner_cost` denoiser evaluations: the ratio of their FLOPs, measured
 once per run with torch's FlopCounterMode (`flop_ratio`).

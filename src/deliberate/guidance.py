@@ -1,9 +1,12 @@
 """Entropy guidance (paper §3, Eq. 6–7): steer sampling toward images the learner finds hard.
 
-At a guided step the denoiser is re-run on x_t with gradients on, x̂0 is formed from its output
-(Eq. 4), decoded, fed through the learner's own differentiable preprocessing, and the gradient of
-a criterion (the learner's predictive entropy by default) with respect to x_t moves the sample
-toward HIGHER entropy. Two normalisations:
+At a guided step the conditional denoiser pass runs with gradients on, x̂0 is formed from its
+output (Eq. 4), decoded, fed through the learner's own differentiable preprocessing, and the
+gradient of a criterion (the learner's predictive entropy by default) with respect to x_t moves
+the sample toward HIGHER entropy. That same conditional pass also serves the step's CFG output
+(`EntropyGuidance.guided_step`), with the unconditional half run without gradients, so a guided
+step costs a plain one plus the backward pass (no second conditional forward). Two
+normalisations:
 
 * ``relative`` (default, the predecessor FGDS code's form, SPEC §3.2 g–h): per sample,
   Δx_t = ω · ‖x_t‖ · g/‖g‖, added to x_t before the scheduler step (whose model output is the
@@ -26,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from deliberate.config import check_fields, field
-from deliberate.sampling import predict_x0
+from deliberate.sampling import cfg_output, combine_cfg, predict_x0
 
 if TYPE_CHECKING:  # the contract, for annotations only: no import cycle at run time
     from deliberate.generators.base import Backend
@@ -104,18 +107,51 @@ class EntropyGuidance:
                 with torch.no_grad():
                     out = self.backend.model_output(x_t, t, cond)
                 x0 = predict_x0(scheduler, out, x_t, t).detach() + (x - x.detach())
-            value = criterion_value(
-                self.learner(self.backend.decode(x0)), labels, self.settings.criterion
-            )
-            # Summing keeps per-sample gradients independent (samples do not interact).
-            (grad,) = torch.autograd.grad(value.sum(), x)
-        self.backward_passes += len(x_t)
+            return self._gradient_of(x, x0, labels)
+
+    def _gradient_of(self, x, x0, labels) -> torch.Tensor:
+        """∂criterion(learner(decode(x0)))/∂x, non-finite rows zeroed and counted."""
+        value = criterion_value(
+            self.learner(self.backend.decode(x0)), labels, self.settings.criterion
+        )
+        # Summing keeps per-sample gradients independent (samples do not interact).
+        (grad,) = torch.autograd.grad(value.sum(), x)
+        self.backward_passes += len(x)
         bad = ~torch.isfinite(grad).flatten(1).all(dim=1)
         self.skipped_rows = bad.long() if self.skipped_rows is None else self.skipped_rows + bad
         if bad.any():
             self.skipped += int(bad.sum())
             grad = torch.where(bad.view(-1, *[1] * (grad.dim() - 1)), torch.zeros_like(grad), grad)
         return grad
+
+    def guided_step(self, x_t, x_in, t, cond, null, cfg, scheduler, labels):
+        """One guided step from a single conditional forward: (x_t, CFG model output).
+
+        The conditional output, computed with gradients for the guidance, is also the CFG's
+        conditional half; only the unconditional half is a second (gradient-free) forward. The
+        plain path batches both halves in one forward instead; per image the numbers agree to
+        float rounding (tests/test_guidance.py pins the images against the two-pass form).
+        """
+        if not self.settings.through_denoiser:  # no gradient through the denoiser: nothing shared
+            out = cfg_output(self.backend, x_in, t, cond, null, cfg)
+            return self(x_t, t, None, cond, out, scheduler, labels)
+        t0 = time.perf_counter()
+        try:
+            with torch.enable_grad():
+                x = x_t.detach().requires_grad_(True)
+                # x_in is x_t scaled for the model (the identity for DDIM), as in the plain step.
+                x_model = x if x_in is x_t else scheduler.scale_model_input(x, t[0])
+                out_c = self.backend.model_output(x_model, t, cond)
+                x0 = predict_x0(scheduler, out_c, x, t)  # conditional only, as in FGDS
+                grad = self._gradient_of(x, x0, labels)
+            uncond = None
+            if cfg:
+                with torch.no_grad():
+                    uncond = self.backend.model_output(x_in, t, null)
+            out = combine_cfg(out_c.detach(), uncond, cfg)
+            return self._move(x_t, t, out, scheduler, grad)
+        finally:
+            self.seconds += time.perf_counter() - t0
 
     def __call__(self, x_t, t, step, cond, out, scheduler, labels):
         """Return (x_t, model_output) after one guidance update (paper Eq. 7, sign: ascent)."""
@@ -126,7 +162,10 @@ class EntropyGuidance:
             self.seconds += time.perf_counter() - t0
 
     def _update(self, x_t, t, cond, out, scheduler, labels):
-        grad = self.gradient(x_t, t, cond, labels, scheduler)
+        return self._move(x_t, t, out, scheduler, self.gradient(x_t, t, cond, labels, scheduler))
+
+    def _move(self, x_t, t, out, scheduler, grad):
+        """Apply the guidance step for `grad`: move x_t (relative) or shift the score."""
         w = self.settings.omega
         dims = list(range(1, x_t.dim()))
         if self.settings.mode == "relative":

@@ -134,7 +134,10 @@ def generate_round(cfg, backend: Backend, pool: Pool, k: int, learner, ledger: d
                        extra=extra, sample_fn=sample_fn, progress=progress)  # fmt: skip
     faults.point("round.generated")
     # counted from the request, so a resumed round adds up the same
-    ledger["denoiser_evals"] += m * (s.steps * (2 if s.cfg else 1) + len(steps))
+    # A guided step shares its conditional forward with the CFG pass (guidance.guided_step);
+    # without backprop through the denoiser it runs one extra gradient-free forward instead.
+    extra_evals = 0 if cfg.guidance.through_denoiser else len(steps)
+    ledger["denoiser_evals"] += m * (s.steps * (2 if s.cfg else 1) + extra_evals)
     ledger["guidance_backward"] += m * len(steps)
     ledger["seconds_generate"] += time.perf_counter() - t0
     accounting.add(ledger, images_generated=m, learner_score_images=m if k else 0,

@@ -47,7 +47,10 @@ class SamplerSettings:
 
 # A guidance hook: (x_t, t, step_index, cond, model_out, scheduler, labels) -> (x_t, model_out).
 # It sees the CFG model output of the current step and may move x_t or change the output
-# (entropy guidance ascends the learner's entropy; see deliberate.guidance).
+# (entropy guidance ascends the learner's entropy; see deliberate.guidance). A hook that also
+# has `guided_step(x_t, x_in, t, cond, null, cfg, scheduler, labels) -> (x_t, model_out)` makes
+# the guided step's CFG output itself, from the same conditional forward its gradient needs:
+# one denoiser forward less per guided step.
 GuidanceFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -91,7 +94,12 @@ def cfg_output(backend: Backend, x_t: torch.Tensor, t: torch.Tensor, cond, null,
         torch.cat([x_t, x_t]), torch.cat([t, t]), backend.concat_cond(cond, null)
     )
     out_c, out_u = both.chunk(2)
-    return out_c + cfg * (out_c - out_u)
+    return combine_cfg(out_c, out_u, cfg)
+
+
+def combine_cfg(out_c: torch.Tensor, out_u: torch.Tensor | None, cfg: float) -> torch.Tensor:
+    """(1 + λ)·cond − λ·uncond, written as cond + λ·(cond − uncond); cond alone when λ = 0."""
+    return out_c if cfg == 0 else out_c + cfg * (out_c - out_u)
 
 
 def predict_x0(
@@ -135,9 +143,12 @@ def sample(
     for i, t in enumerate(sched.timesteps):
         tb = t.expand(len(labels)).to(device)
         x_in = sched.scale_model_input(x, t)
-        out = cfg_output(backend, x_in, tb, cond, null, cfg)
-        if i in guided:
-            x, out = guidance(x, tb, i, cond, out, sched, labels)
+        if i in guided and hasattr(guidance, "guided_step"):
+            x, out = guidance.guided_step(x, x_in, tb, cond, null, cfg, sched, labels)
+        else:
+            out = cfg_output(backend, x_in, tb, cond, null, cfg)
+            if i in guided:
+                x, out = guidance(x, tb, i, cond, out, sched, labels)
         kwargs = {}
         if eta > 0 and type(sched).__name__ == "DDIMScheduler":
             noise = torch.stack([torch.randn(x.shape[1:], generator=g) for g in gens])
