@@ -70,7 +70,9 @@ def cmd_generate(args) -> int:
     check_fields(settings, "--")  # e.g. "--cfg: nan is out of range"
     names = tuple(read_class_file(args.class_names)) if args.class_names else None
     latent = LatentSettings(prompt=args.prompt, dtype=args.dtype, class_ids=args.class_ids or [])
-    gen = GeneratorSettings(kind=args.kind, path=args.generator, latent=latent)
+    gen = GeneratorSettings(
+        kind=args.kind, path=args.generator, latent=latent, sampler=settings
+    )  # the sampler too: a generator without a null class refuses cfg > 0 here
     backend = load_backend(gen, device=args.device, classes=names and ClassList(names, names))
     classes = check_classes(backend, args.classes)
     pairs = plan(classes, args.per_class, args.seed)
