@@ -315,3 +315,30 @@ def write_diffusers_pixel(folder: Path, num_class_embeds=4, *, pipeline=True, ch
         unet.save_pretrained(folder / "unet")
         scheduler.save_pretrained(folder / "scheduler")
     return folder
+
+
+def guide_learner(image_shape, num_classes, seed=0):
+    """A small_resnet learner with a head scaled up so that its predictions are far from uniform
+    (a fresh one's entropy is ~log K: nothing to raise); the same weights for the same arguments."""
+    from deliberate.learner import build_learner
+
+    torch.manual_seed(seed)
+    learner = build_learner("small_resnet", num_classes, image_shape[0], image_shape[-1]).eval()
+    with torch.no_grad():
+        learner.backbone.head.weight.mul_(30)
+    return learner.requires_grad_(False)
+
+
+def write_guide(folder: Path, image_shape, num_classes, seed=0, **side) -> str:
+    """`guide_learner`'s weights as a fixed classifier: small_resnet:clf.safetensors + its side
+    file (the learner's own input size and [-1, 1] normalisation, updated by `side`)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    learner = guide_learner(image_shape, num_classes, seed)
+    weights = folder / "clf.safetensors"
+    save_file({k: v.contiguous() for k, v in learner.backbone.state_dict().items()}, weights)
+    c = image_shape[0]
+    info = {"input_size": image_shape[-1], "mean": [0.5] * c, "std": [0.5] * c, **side}
+    (folder / "clf.safetensors.json").write_text(json.dumps(info))
+    return f"small_resnet:{weights}"

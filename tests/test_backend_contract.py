@@ -25,6 +25,7 @@ from tests.helpers import (
     needs_transformers,
     tiny_backend,
     write_diffusers_pixel,
+    write_guide,
 )
 
 PREFIX = {"pixel": "pixel-", "diffusers": "pixel-", "stable_diffusion": "sd-", "dit": "dit-"}
@@ -71,8 +72,20 @@ def backend(loaded):
     return loaded[2]
 
 
-def learner_for(backend):
-    return LinearLearner(backend.image_shape, backend.num_classes).eval().requires_grad_(False)
+@pytest.fixture(scope="module", params=["linear", "fixed guide"])
+def learner_for(request, tmp_path_factory):
+    """The learner that guides: a fixed linear one, or a classifier loaded as `--guide` loads it."""
+
+    def make(backend):
+        if request.param == "linear":
+            learner = LinearLearner(backend.image_shape, backend.num_classes)
+            return learner.eval().requires_grad_(False)
+        from deliberate.guide import load_guide
+
+        folder = tmp_path_factory.mktemp("guide")
+        return load_guide(write_guide(folder, backend.image_shape, backend.num_classes), backend)
+
+    return make
 
 
 def test_shapes_dtypes_classes_and_identifier(loaded):
@@ -117,7 +130,7 @@ def test_decode_is_differentiable(backend):
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
-def test_guidance_off_equals_plain_sampling_bit_for_bit(backend):
+def test_guidance_off_equals_plain_sampling_bit_for_bit(backend, learner_for):
     learner = learner_for(backend)
     labels, seeds = torch.arange(6) % backend.num_classes, list(range(6))
     plain = sample(backend, labels, seeds, SamplerSettings(steps=4)).images
@@ -135,7 +148,7 @@ def test_guidance_off_equals_plain_sampling_bit_for_bit(backend):
     assert hook.backward_passes == 6 * len(steps) and hook.skipped == 0 and hook.seconds > 0
 
 
-def test_guidance_raises_learner_entropy_for_the_same_seeds(backend):
+def test_guidance_raises_learner_entropy_for_the_same_seeds(backend, learner_for):
     """One entropy-ascent step at the last sampling step, dx̂0/dx_t taken as the identity (a
     random denoiser's Jacobian is arbitrary): the final images' entropy rises for the same seeds."""
     learner = learner_for(backend)

@@ -9,14 +9,19 @@ import shutil
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from deliberate.cli import main
 from deliberate.data.imagefolder import ClassList
 from deliberate.data.pool import Pool
 from deliberate.errors import DeliberateError
 from deliberate.generators import GeneratorSettings, load_backend
+from deliberate.guidance import learner_fingerprint
+from deliberate.guide import load_guide
+from deliberate.learner import IMAGENET_MEAN, IMAGENET_STD
+from deliberate.rundir import RunDir
 from deliberate.sampling import SamplerSettings, initial_noise, sample
-from tests.helpers import write_diffusers_pixel
+from tests.helpers import CLASS_NAMES, guide_learner, tiny_backend, write_diffusers_pixel
 
 
 def run(*argv):
@@ -152,3 +157,136 @@ def test_class_counts_and_cfg_without_a_null_class_are_one_line(ddpm_dir, tmp_pa
     backend = load_backend(GeneratorSettings(path=str(ddpm_dir), sampler=SamplerSettings(cfg=0)))
     with pytest.raises(DeliberateError, match="has no null class"):  # the sampler refuses it too
         sample(backend, torch.tensor([0]), [1], SamplerSettings(steps=1, cfg=0.5))
+
+
+# -- a fixed classifier as the guide ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def generator(tmp_path_factory):
+    """A tiny random Fashion-MNIST-shaped generator (10 classes, 28x28 grey)."""
+    path = tmp_path_factory.mktemp("gen") / "tiny"
+    tiny_backend(seed=1).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def guide_files(tmp_path_factory):
+    """One learner, twice: as a run folder (config.yaml + checkpoint.pt) for --learner, and as a
+    state_dict .pt with a stem-named side file (clf.json) for --guide small_resnet:clf.pt."""
+    root = tmp_path_factory.mktemp("guide")
+    learner = guide_learner((1, 28, 28), 10)
+    (root / "run").mkdir()
+    (root / "run" / "config.yaml").write_text("learner:\n  arch: small_resnet\n")
+    RunDir(root / "run").save_checkpoint({"trainer": {"ema": learner.state_dict()}})
+    torch.save(learner.state_dict(), root / "clf.pt")  # keys backbone.*: a Learner's own
+    (root / "clf.json").write_text(json.dumps({"input_size": 28, "mean": [0.5], "std": [0.5]}))
+    return root
+
+
+def test_a_fixed_guide_steers_exactly_as_the_same_learner_from_a_run(
+    generator, guide_files, tmp_path
+):
+    argv = ["generate", "--generator", generator, "--per-class", 1, "--steps", 2, "--quiet"]
+    guide = f"small_resnet:{guide_files / 'clf.pt'}"
+    assert (
+        run(*argv, "--out", tmp_path / "learner", "--learner", guide_files / "run", "--omega", 0.2)
+        == 0
+    )
+    assert run(*argv, "--out", tmp_path / "guide", "--guide", guide, "--omega", 0.2) == 0
+    assert run(*argv, "--out", tmp_path / "off", "--guide", guide, "--omega", 0) == 0
+    assert run(*argv, "--out", tmp_path / "plain") == 0
+    pools = {name: Pool(tmp_path / name) for name in ("learner", "guide", "off", "plain")}
+    images = {name: pool.load_all()[0] for name, pool in pools.items()}
+    assert np.array_equal(images["guide"], images["learner"])  # the same steering, bit for bit
+    assert np.array_equal(images["off"], images["plain"])  # ω = 0 is plain sampling
+    assert not np.array_equal(images["guide"], images["plain"])
+    by_learner, by_guide = pools["learner"].records(), pools["guide"].records()
+    for key in ("entropy", "learner_pred", "fingerprint", "omega"):
+        assert [r[key] for r in by_guide] == [r[key] for r in by_learner], key
+    backend = load_backend(GeneratorSettings(path=str(generator)))
+    assert by_guide[0]["fingerprint"] == learner_fingerprint(load_guide(guide, backend))
+    assert {r["guide"] for r in by_guide} == {"small_resnet:clf.pt"}
+
+
+def test_a_torchvision_guide_with_flags_and_its_own_class_order(generator, tmp_path):
+    """mobilenet_v3_small's plain state dict, ImageNet normalisation, outputs in reverse class
+    order: the guide's logits are the network's on the resized, normalised RGB copy, reordered."""
+    import torchvision
+
+    torch.manual_seed(0)
+    net = torchvision.models.mobilenet_v3_small(num_classes=10).eval()
+    torch.save(net.state_dict(), tmp_path / "mnet.pth")
+    side = {"input_size": 32, "mean": [0.1, 0.2, 0.3], "std": [1, 1, 1], "num_classes": 10,
+            "classes": list(reversed(CLASS_NAMES))}  # fmt: skip
+    (tmp_path / "mnet.pth.json").write_text(json.dumps(side))
+    backend = load_backend(GeneratorSettings(path=str(generator)))
+    spec = f"mobilenet_v3_small:{tmp_path / 'mnet.pth'}"
+    guide = load_guide(spec, backend, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))  # flags win
+    x = torch.rand(2, 1, 28, 28)
+    rgb = F.interpolate(x, size=(32, 32), mode="bilinear").expand(-1, 3, -1, -1)
+    mean, std = (
+        torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1),
+        torch.tensor(IMAGENET_STD).view(1, 3, 1, 1),
+    )
+    with torch.no_grad():
+        assert torch.allclose(guide(x), net((rgb - mean) / std).flip(-1), atol=1e-5)
+    (tmp_path / "mnet.pth.json").unlink()  # flags alone state the input
+    assert run("generate", "--generator", generator, "--per-class", 1, "--steps", 2, "--quiet",
+               "--out", tmp_path / "pool", "--guide", spec, "--guide-size", 32, "--guide-mean",
+               *IMAGENET_MEAN, "--guide-std", *IMAGENET_STD) == 0  # fmt: skip
+    records = Pool(tmp_path / "pool").records()
+    assert len(records) == 10 and records[0]["guide"] == "mobilenet_v3_small:mnet.pth"
+    assert all(np.isfinite(r["entropy"]) for r in records)
+
+
+def _seven_classes(root):
+    torch.save(guide_learner((1, 28, 28), 7).state_dict(), root / "w.pt")
+    return "w.pt"
+
+
+def _side(**side):
+    def write(root):
+        info = {"input_size": 28, "mean": [0.5], "std": [0.5], **side}
+        shutil.copy(root / "clf.pt", root / "w.pt")
+        (root / "w.pt.json").write_text(json.dumps(info))
+        return "w.pt"
+
+    return write
+
+
+def _pickled(root):
+    name = _side()(root)
+    torch.save(torch.nn.Linear(2, 2), root / name)
+    return name
+
+
+BAD_GUIDES = {
+    "no arch": (["--guide", "{clf}"], "must be ARCH:WEIGHTS"),
+    "unknown arch": (["--guide", "nonet:{clf}"], "architecture 'nonet' is unknown"),
+    "no weights": (["--guide", "small_resnet:{root}/none.pt"], "none.pt is not a file"),
+    "no side file": (["--guide", "small_resnet:{root}/bare.pt"], "state its input_size, mean, std"),
+    "side says 7": (["--guide", "small_resnet:{root}/{w}"], "the guide has 7 outputs but the generator has 10 classes"),
+    "weights of 7": (["--guide", "small_resnet:{root}/{w}", "--guide-size", "28", "--guide-mean",
+                      "0.5", "--guide-std", "0.5"], "the guide has 7 outputs but the generator has 10"),
+    "pickled module": (["--guide", "small_resnet:{root}/{w}"], "pickled Python objects"),
+    "typo in side file": (["--guide", "small_resnet:{root}/{w}"], "did you mean 'input_size'?"),
+    "class order": (["--guide", "small_resnet:{root}/{w}"], "must name each of the generator's 10"),
+    "grey for torchvision": (["--guide", "resnet18:{root}/{w}"], "torchvision models take 3"),
+    "with --learner": (["--guide", "small_resnet:{clf}", "--learner", "{root}/run"], "exclude each other"),
+    "flags alone": (["--guide-size", "28"], "need --guide ARCH:WEIGHTS"),
+}  # fmt: skip
+WRITE = {"side says 7": _side(num_classes=7), "weights of 7": _seven_classes,
+         "pickled module": _pickled, "typo in side file": _side(inputsize=3),
+         "class order": _side(classes=CLASS_NAMES[:9]), "grey for torchvision": _side()}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD_GUIDES))
+def test_a_bad_guide_is_one_line(generator, guide_files, tmp_path, capsys, case):
+    root = shutil.copytree(guide_files, tmp_path / "guide")
+    shutil.copy(root / "clf.pt", root / "bare.pt")
+    w = WRITE[case](root) if case in WRITE else ""
+    flags, message = BAD_GUIDES[case]
+    flags = [f.format(clf=root / "clf.pt", root=root, w=w) for f in flags]
+    refused(capsys, tmp_path, message, "generate", "--generator", generator, "--per-class", 1,
+            "--out", tmp_path / "pool", "--steps", 1, "--quiet", *flags)  # fmt: skip
