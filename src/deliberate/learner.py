@@ -135,7 +135,7 @@ def build_backbone(arch: str, num_classes: int, in_channels: int, size: int) -> 
     import torchvision  # deferred: only the large backbones need it
 
     kwargs = {"image_size": size} if arch.startswith("vit_") else {}
-    # weights=None: never download; the learner is trained from scratch on synthetic images.
+    # weights=None: never download; a learner trains from scratch, a guide loads its own weights.
     return torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
 
 
