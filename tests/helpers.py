@@ -284,3 +284,61 @@ class LinearLearner(torch.nn.Module):
     def entropy(self, images01):
         logp = torch.log_softmax(self(images01), -1)
         return -(logp.exp() * logp).sum(-1)
+
+
+# -- foreign models: diffusers-saved pixel UNets, fixed classifiers as guides -------------------
+
+
+def tiny_class_unet(num_class_embeds, channels=3, size=8, seed=0):
+    """A tiny random class-conditional diffusers UNet2DModel (two levels, 8 and 16 channels)."""
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(seed)
+    return UNet2DModel(
+        sample_size=size, in_channels=channels, out_channels=channels, layers_per_block=1,
+        block_out_channels=(8, 16), down_block_types=("DownBlock2D",) * 2,
+        up_block_types=("UpBlock2D",) * 2, norm_num_groups=4, num_class_embeds=num_class_embeds,
+    )  # fmt: skip
+
+
+def write_diffusers_pixel(folder: Path, num_class_embeds=4, *, pipeline=True, channels=3,
+                          size=8, scheduler=None) -> Path:  # fmt: skip
+    """A class-conditional pixel model as diffusers itself saves it: `DDPMPipeline.save_pretrained`
+    (model_index.json, unet/, scheduler/), or with pipeline=False a bare unet/ + scheduler/ pair."""
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    unet = tiny_class_unet(num_class_embeds, channels, size)
+    scheduler = scheduler or DDPMScheduler()
+    if pipeline:
+        DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder)
+    else:
+        unet.save_pretrained(folder / "unet")
+        scheduler.save_pretrained(folder / "scheduler")
+    return folder
+
+
+def guide_learner(image_shape, num_classes, seed=0):
+    """A small_resnet learner with a head scaled up so that its predictions are far from uniform
+    (a fresh one's entropy is ~log K: nothing to raise); the same weights for the same arguments."""
+    from deliberate.learner import build_learner
+
+    torch.manual_seed(seed)
+    learner = build_learner("small_resnet", num_classes, image_shape[0], image_shape[-1]).eval()
+    with torch.no_grad():
+        learner.backbone.head.weight.mul_(30)
+    return learner.requires_grad_(False)
+
+
+def write_guide(folder: Path, image_shape, num_classes, seed=0, **side) -> str:
+    """`guide_learner`'s weights as a fixed classifier: small_resnet:clf.safetensors + its side
+    file (the learner's own input size and [-1, 1] normalisation, updated by `side`)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    learner = guide_learner(image_shape, num_classes, seed)
+    weights = folder / "clf.safetensors"
+    save_file({k: v.contiguous() for k, v in learner.backbone.state_dict().items()}, weights)
+    c = image_shape[0]
+    info = {"input_size": image_shape[-1], "mean": [0.5] * c, "std": [0.5] * c, **side}
+    (folder / "clf.safetensors.json").write_text(json.dumps(info))
+    return f"small_resnet:{weights}"

@@ -3,8 +3,11 @@ same checks. Shapes and dtypes, sampling deterministic per seed whatever the bat
 a differentiable decoder, guidance off (ω = 0) equal to plain sampling bit for bit, guidance on
 raising the learner's entropy for the same seeds.
 
-The pixel backend (a tiny random one) always runs; the tiny Stable Diffusion and DiT (conftest's
-sd_dir and dit_dir) run when transformers is importable."""
+The pixel backend (a tiny random one) always runs, and so does a class-conditional UNet2DModel
+that diffusers saved itself (`diffusers`: kind pixel without deliberate.json, its null class last);
+the tiny Stable Diffusion and DiT (conftest's sd_dir and dit_dir) run when transformers is
+importable. Guidance is by a fixed linear learner and by a fixed classifier loaded as
+`generate --guide` loads one."""
 
 from itertools import pairwise
 
@@ -15,9 +18,17 @@ from deliberate.generators import load_backend
 from deliberate.generators.base import to_uint8
 from deliberate.guidance import EntropyGuidance, GuidanceSettings
 from deliberate.sampling import SamplerSettings, sample
-from tests.helpers import CLASSES, LinearLearner, latent_settings, needs_transformers, tiny_backend
+from tests.helpers import (
+    CLASSES,
+    LinearLearner,
+    latent_settings,
+    needs_transformers,
+    tiny_backend,
+    write_diffusers_pixel,
+    write_guide,
+)
 
-PREFIX = {"pixel": "pixel-", "stable_diffusion": "sd-", "dit": "dit-"}
+PREFIX = {"pixel": "pixel-", "diffusers": "pixel-", "stable_diffusion": "sd-", "dit": "dit-"}
 
 
 @pytest.fixture(scope="module")
@@ -27,14 +38,23 @@ def pixel_dir(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def diffusers_dir(tmp_path_factory):
+    """DDPMPipeline.save_pretrained of a UNet2DModel with 4 class embeddings: CLASSES + null."""
+    folder = tmp_path_factory.mktemp("diffusers") / "ddpm"
+    return write_diffusers_pixel(folder, len(CLASSES.ids) + 1)
+
+
 def load(kind, path):
-    return load_backend(latent_settings(kind, path), classes=None if kind == "pixel" else CLASSES)
+    settings = latent_settings("pixel" if kind == "diffusers" else kind, path)
+    return load_backend(settings, classes=None if kind == "pixel" else CLASSES)
 
 
 @pytest.fixture(
     scope="module",
     params=[
         "pixel",
+        "diffusers",
         pytest.param("stable_diffusion", marks=needs_transformers),
         pytest.param("dit", marks=needs_transformers),
     ],
@@ -42,8 +62,8 @@ def load(kind, path):
 def loaded(request):
     """(kind, folder, backend) for every kind; only the kind's own folder is built."""
     kind = request.param
-    path = request.getfixturevalue({"pixel": "pixel_dir", "stable_diffusion": "sd_dir",
-                                    "dit": "dit_dir"}[kind])  # fmt: skip
+    path = request.getfixturevalue({"pixel": "pixel_dir", "diffusers": "diffusers_dir",
+                                    "stable_diffusion": "sd_dir", "dit": "dit_dir"}[kind])  # fmt: skip
     return kind, path, load(kind, path)
 
 
@@ -52,8 +72,20 @@ def backend(loaded):
     return loaded[2]
 
 
-def learner_for(backend):
-    return LinearLearner(backend.image_shape, backend.num_classes).eval().requires_grad_(False)
+@pytest.fixture(scope="module", params=["linear", "fixed guide"])
+def learner_for(request, tmp_path_factory):
+    """The learner that guides: a fixed linear one, or a classifier loaded as `--guide` loads it."""
+
+    def make(backend):
+        if request.param == "linear":
+            learner = LinearLearner(backend.image_shape, backend.num_classes)
+            return learner.eval().requires_grad_(False)
+        from deliberate.guide import load_guide
+
+        folder = tmp_path_factory.mktemp("guide")
+        return load_guide(write_guide(folder, backend.image_shape, backend.num_classes), backend)
+
+    return make
 
 
 def test_shapes_dtypes_classes_and_identifier(loaded):
@@ -98,7 +130,7 @@ def test_decode_is_differentiable(backend):
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
-def test_guidance_off_equals_plain_sampling_bit_for_bit(backend):
+def test_guidance_off_equals_plain_sampling_bit_for_bit(backend, learner_for):
     learner = learner_for(backend)
     labels, seeds = torch.arange(6) % backend.num_classes, list(range(6))
     plain = sample(backend, labels, seeds, SamplerSettings(steps=4)).images
@@ -116,7 +148,7 @@ def test_guidance_off_equals_plain_sampling_bit_for_bit(backend):
     assert hook.backward_passes == 6 * len(steps) and hook.skipped == 0 and hook.seconds > 0
 
 
-def test_guidance_raises_learner_entropy_for_the_same_seeds(backend):
+def test_guidance_raises_learner_entropy_for_the_same_seeds(backend, learner_for):
     """One entropy-ascent step at the last sampling step, dx̂0/dx_t taken as the identity (a
     random denoiser's Jacobian is arbitrary): the final images' entropy rises for the same seeds."""
     learner = learner_for(backend)

@@ -1,5 +1,7 @@
 """Entropy guidance: sign, normalisation, NaN safety, guided-step choice (off-equals-plain and
-entropy ascent over whole sampling runs, for every backend: test_backend_contract.py)."""
+entropy ascent over whole sampling runs, for every backend: test_backend_contract.py). The
+learner that guides is a fixed linear one, or a fixed classifier loaded as `generate --guide`
+loads it (deliberate.guide): the hook must not care which."""
 
 import math
 
@@ -14,16 +16,21 @@ from deliberate.guidance import (
     criterion_value,
     learner_fingerprint,
 )
+from deliberate.guide import load_guide
 from deliberate.learner import build_learner
 from deliberate.sampling import SamplerSettings, cfg_output, make_scheduler, sample
-from tests.helpers import LinearLearner, tiny_backend
+from tests.helpers import LinearLearner, tiny_backend, write_guide
 
 
-@pytest.fixture(scope="module")
-def models():
+@pytest.fixture(scope="module", params=["linear", "fixed guide"])
+def models(request, tmp_path_factory):
+    backend = tiny_backend()
+    if request.param == "fixed guide":
+        spec = write_guide(tmp_path_factory.mktemp("guide"), backend.image_shape, 10)
+        return backend, load_guide(spec, backend)
     learner = LinearLearner((1, 28, 28), 10, std=0.2).eval()
     learner.requires_grad_(False)
-    return tiny_backend(), learner
+    return backend, learner
 
 
 def _criterion_at(backend, learner, x, t, labels, sched, criterion="entropy"):

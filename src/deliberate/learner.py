@@ -127,6 +127,25 @@ class SmallResNet(nn.Module):
         return self.head(x.mean(dim=(2, 3)))  # global average pool -> (B, num_classes)
 
 
+def build_backbone(arch: str, num_classes: int, in_channels: int, size: int) -> nn.Module:
+    """A randomly initialised classifier on (B, in_channels, size, size) inputs: `small_resnet`
+    or any torchvision classification model by name (3 channels; never downloaded)."""
+    if arch == "small_resnet":
+        return SmallResNet(in_channels, num_classes)
+    import torchvision  # deferred: only the large backbones need it
+
+    kwargs = {"image_size": size} if arch.startswith("vit_") else {}
+    # weights=None: never download; a learner trains from scratch, a guide loads its own weights.
+    return torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
+
+
+def torchvision_classifiers() -> list[str]:
+    """The names of torchvision's classification models (what `build_backbone` also takes)."""
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
 def build_learner(
     arch: str,
     num_classes: int,
@@ -146,7 +165,7 @@ def build_learner(
     if arch == "small_resnet":
         # Maps [0, 1] to [-1, 1]; the stem's BatchNorm absorbs any remaining dataset shift.
         return Learner(
-            SmallResNet(in_channels, num_classes),
+            build_backbone(arch, num_classes, in_channels, input_size or image_size),
             num_classes=num_classes,
             in_channels=in_channels,
             input_size=input_size or image_size,
@@ -154,14 +173,9 @@ def build_learner(
             mean=(0.5,) * in_channels,
             std=(0.5,) * in_channels,
         )
-    import torchvision  # deferred: only the large backbones need it
-
     size = input_size or 224
-    kwargs = {"image_size": size} if arch == "vit_b_16" else {}
-    # weights=None: never download; the learner is trained from scratch on synthetic images.
-    backbone = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes, **kwargs)
     return Learner(
-        backbone,
+        build_backbone(arch, num_classes, 3, size),
         num_classes=num_classes,
         in_channels=in_channels,
         input_size=size,

@@ -137,7 +137,8 @@ def sample(
     device = backend.device
     labels = labels.to(device)
     x = initial_noise(seeds, backend.latent_shape, device) * sched.init_noise_sigma
-    cond, null = backend.cond(labels), backend.null_cond(len(labels))
+    # No null conditioning without CFG: a generator may have none (generators/foreign.py).
+    cond, null = backend.cond(labels), backend.null_cond(len(labels)) if cfg else None
     guided = set(guided_steps) if guidance is not None else set()
     gens = [torch.Generator().manual_seed(int(s) + 1) for s in seeds] if eta > 0 else None
     for i, t in enumerate(sched.timesteps):

@@ -65,20 +65,28 @@ def cmd_generate(args) -> int:
         raise DeliberateError(f"--batch-size {args.batch_size} must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
+    guide_flags = {"input_size": args.guide_size, "mean": args.guide_mean, "std": args.guide_std}
+    if args.guide is not None and args.learner is not None:
+        raise DeliberateError("--guide and --learner exclude each other: guide by a run's "
+                              "learner or by a fixed classifier, not both")  # fmt: skip
+    if args.guide is None and any(v is not None for v in guide_flags.values()):
+        raise DeliberateError(
+            "--guide-size, --guide-mean and --guide-std need --guide ARCH:WEIGHTS"
+        )
     settings = SamplerSettings(steps=args.steps, cfg=args.cfg, eta=args.eta,
                                scheduler=args.scheduler)  # fmt: skip
     check_fields(settings, "--")  # e.g. "--cfg: nan is out of range"
     names = tuple(read_class_file(args.class_names)) if args.class_names else None
     latent = LatentSettings(prompt=args.prompt, dtype=args.dtype, class_ids=args.class_ids or [])
-    gen = GeneratorSettings(kind=args.kind, path=args.generator, latent=latent)
+    gen = GeneratorSettings(
+        kind=args.kind, path=args.generator, latent=latent, sampler=settings
+    )  # the sampler too: a generator without a null class refuses cfg > 0 here
     backend = load_backend(gen, device=args.device, classes=names and ClassList(names, names))
     classes = check_classes(backend, args.classes)
     pairs = plan(classes, args.per_class, args.seed)
     c, h, w = backend.image_shape
     learner, guidance, extra = None, None, {"round": 0, "omega": 0.0}
-    if args.learner is not None:  # entropy guidance by a saved learner (paper §3)
-        from deliberate.rundir import load_learner
-
+    if args.learner is not None or args.guide is not None:  # entropy guidance (paper §3)
         guidance = GuidanceSettings()  # the default ω, unless --omega says otherwise
         guidance = dataclasses.replace(
             guidance,
@@ -86,10 +94,22 @@ def cmd_generate(args) -> int:
             criterion=args.criterion or guidance.criterion,
         )
         check_fields(guidance, "--")
-        learner = load_learner(args.learner, backend, args.device)
+        if args.learner is not None:
+            from deliberate.rundir import load_learner
+
+            learner = load_learner(args.learner, backend, args.device)
+        else:  # a fixed classifier steers exactly as a run's learner does
+            from deliberate.guide import load_guide
+
+            learner = load_guide(args.guide, backend, args.device, **guide_flags)
         extra = {"round": 0, "omega": guidance.omega, "fingerprint": learner_fingerprint(learner)}
+        if args.guide is not None:
+            arch, _, weights = args.guide.partition(":")
+            extra["guide"] = f"{arch}:{Path(weights).name}"
     elif args.omega or args.criterion:
-        raise DeliberateError("--omega and --criterion need --learner RUN_DIR_OR_CHECKPOINT")
+        raise DeliberateError(
+            "--omega and --criterion need --learner RUN_DIR or --guide ARCH:WEIGHTS"
+        )
     # The same batch the practice loop samples: guided and scored by the learner when there is
     # one, NaN pixels refused, skipped guidance steps recorded per image.
     sample_fn = guided_batch(backend, settings, learner, guidance, device=args.device)
@@ -172,9 +192,19 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     p.add_argument("--learner", metavar="RUN_DIR_OR_CHECKPOINT",
                    help="guide by this run's (EMA) learner; a run folder means its latest one")
+    p.add_argument("--guide", metavar="ARCH:WEIGHTS",
+                   help="guide by a fixed classifier: small_resnet or a torchvision model and its "
+                        ".safetensors/.pt state dict (input size, mean, std: WEIGHTS.json or the "
+                        "flags below; docs/generator.md)")  # fmt: skip
+    p.add_argument("--guide-size", type=int, metavar="N",
+                   help="--guide's input side (else the side file's input_size)")  # fmt: skip
+    p.add_argument("--guide-mean", type=float, nargs="+", metavar="M",
+                   help="--guide's per-channel input mean on [0, 1] pixels")  # fmt: skip
+    p.add_argument("--guide-std", type=float, nargs="+", metavar="S",
+                   help="--guide's per-channel input std")  # fmt: skip
     p.add_argument("--omega", type=float, default=None,
-                   help="guidance scale ω with --learner (default: configs/fmnist/dp.yaml's; "
-                        "0 = plain sampling)")
+                   help="guidance scale ω with --learner or --guide (default: "
+                        "configs/fmnist/dp.yaml's; 0 = plain sampling)")  # fmt: skip
     p.add_argument("--criterion", choices=("entropy", "cross_entropy", "margin"), default=None,
                    help="what guidance raises (default: entropy)")
     _add_sampler_args(p)

@@ -2,6 +2,7 @@
 
     base.py     the backend contract the sampler drives (any generator, pixel or latent)
     pixel.py    the class-conditional pixel-space UNet (the shipped Fashion-MNIST generator)
+    foreign.py  a class-conditional UNet2DModel that diffusers saved (no deliberate.json)
     latent.py   Stable Diffusion and DiT through diffusers, decoded by their VAE
     train.py    the trainer of the pixel-space generator (`deliberate train-generator`)
 """
@@ -35,7 +36,9 @@ def load_backend(settings, *, device: str = "cpu", classes=None):
     """The generator a `GeneratorSettings` names (`kind`: pixel | stable_diffusion | dit).
 
     `classes` (a `data.imagefolder.ClassList`, or None) gives the class names to prompt with and,
-    for DiT, their ImageNet-1k ids; the pixel backend carries its own classes and must match.
+    for DiT, their ImageNet-1k ids; the pixel backend carries its own classes and must match
+    (a diffusers-saved pixel folder takes its names, and its null class, from them). A generator
+    without a null class is refused here when `settings.sampler.cfg` > 0.
     """
     kind, latent = settings.kind, settings.latent
     if kind not in KINDS:
@@ -43,7 +46,7 @@ def load_backend(settings, *, device: str = "cpu", classes=None):
     if kind == "pixel":
         from deliberate.generators.pixel import load_pixel_backend
 
-        backend = load_pixel_backend(settings.path, device=device)
+        backend = load_pixel_backend(settings.path, device=device, classes=classes)
         if classes is not None and len(classes.names) != backend.num_classes:
             raise DeliberateError(
                 f"the pixel generator has {backend.num_classes} classes but the data has "
@@ -55,6 +58,13 @@ def load_backend(settings, *, device: str = "cpu", classes=None):
             raise DeliberateError(
                 f"the pixel generator's class {k} is {backend.class_names[k]!r} but the data's is "
                 f"{classes.names[k]!r}; use a generator trained on these class folders (generator.path)"
+            )
+        if backend.null_class is None and settings.sampler.cfg > 0:
+            raise DeliberateError(
+                f"the generator at {settings.path} has no null class ({backend.num_classes} class "
+                f"embeddings for {backend.num_classes} classes), so classifier-free guidance "
+                f"cfg {settings.sampler.cfg:g} is impossible; pass --cfg 0 "
+                "(generator.sampler.cfg: 0 in a config)"
             )
         return backend
     if classes is None:

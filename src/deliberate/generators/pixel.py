@@ -7,6 +7,7 @@ docs/generator.md for the measured trade-offs). Class k is embedded as k; the ex
 
 On disk a generator is a diffusers-format folder: `unet/` (config.json + safetensors),
 `scheduler/scheduler_config.json` and `deliberate.json` (class names, image shape, unshuffle).
+A folder that diffusers saved without `deliberate.json` loads through `generators/foreign.py`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from diffusers import DDIMScheduler, UNet2DModel
 
 from deliberate.config import field
 from deliberate.errors import DeliberateError
+from deliberate.generators.foreign import is_diffusers_folder, read_diffusers_folder
 
 DEFAULT_GENERATOR = Path(__file__).resolve().parent.parent / "assets" / "fmnist-generator"
 META_FILE = "deliberate.json"
@@ -129,6 +131,8 @@ class PixelBackend(torch.nn.Module):
         self.image_shape = (c, s, s)
         self.latent_shape = (c * self.unshuffle**2, s // self.unshuffle, s // self.unshuffle)
         self.identifier = meta.get("identifier", "untrained")
+        # Our own generators always have one; a diffusers folder's may not (generators/foreign.py).
+        self.null_class = meta.get("null_class", self.num_classes)
 
     @property
     def num_classes(self) -> int:
@@ -142,7 +146,12 @@ class PixelBackend(torch.nn.Module):
         return labels.to(self.device, torch.long)
 
     def null_cond(self, n: int) -> torch.Tensor:
-        return torch.full((n,), self.num_classes, dtype=torch.long, device=self.device)
+        if self.null_class is None:
+            raise DeliberateError(
+                f"generator {self.identifier} has no null class, so it cannot do classifier-free "
+                "guidance; sample with cfg 0 (--cfg 0)"
+            )
+        return torch.full((n,), self.null_class, dtype=torch.long, device=self.device)
 
     def concat_cond(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.cat([a, b])
@@ -185,16 +194,26 @@ class PixelBackend(torch.nn.Module):
         tmp.rename(path)
 
 
-def load_pixel_backend(path: str | Path | None = None, device: str = "cpu") -> PixelBackend:
-    """Load a generator folder (default: the shipped Fashion-MNIST model) in eval mode."""
+def load_pixel_backend(
+    path: str | Path | None = None, device: str = "cpu", classes=None
+) -> PixelBackend:
+    """Load a generator folder (default: the shipped Fashion-MNIST model) in eval mode.
+
+    A folder without `deliberate.json` that diffusers saved (a class-conditional UNet2DModel and
+    its scheduler) loads by the rules of `generators/foreign.py`; `classes` (a ClassList or
+    None) names its classes and tells whether it has a null class.
+    """
     path = Path(path) if path is not None else DEFAULT_GENERATOR
     meta_file = path / META_FILE
+    t0 = time.perf_counter()
+    if not meta_file.is_file() and is_diffusers_folder(path):
+        return _ready(PixelBackend(*read_diffusers_folder(path, classes)), device, t0)
     if not meta_file.is_file() or not (path / "unet" / "config.json").is_file():
         raise DeliberateError(
-            f"{path} is not a deliberate generator folder (needs {META_FILE}, unet/, scheduler/); "
+            f"{path} is not a deliberate generator folder (needs {META_FILE}, unet/, scheduler/) "
+            "nor a diffusers one (unet/ with a class-conditional UNet2DModel, scheduler/); "
             "train one with `deliberate train-generator` or pass --generator DIR"
         )
-    t0 = time.perf_counter()
     try:
         meta = json.loads(meta_file.read_text())
         unet = UNet2DModel.from_pretrained(
@@ -206,7 +225,12 @@ def load_pixel_backend(path: str | Path | None = None, device: str = "cpu") -> P
         raise DeliberateError(
             f"generator at {path} is corrupt ({first}); re-train or re-install it"
         ) from None
-    backend = PixelBackend(unet, sched, meta).to(device).eval()
+    return _ready(PixelBackend(unet, sched, meta), device, t0)
+
+
+def _ready(backend: PixelBackend, device: str, t0: float) -> PixelBackend:
+    """A loaded backend on `device`, in eval mode, frozen, with its load time."""
+    backend = backend.to(device).eval()
     backend.requires_grad_(False)
     backend.load_seconds = time.perf_counter() - t0
     return backend
