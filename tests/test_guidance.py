@@ -119,3 +119,43 @@ def test_learner_fingerprint_changes_with_weights(models):
     other = build_learner("small_resnet", 10, 1, 28)
     assert a == learner_fingerprint(learner) and a != learner_fingerprint(other)
     assert learner_fingerprint(build_learner("small_resnet", 10, 1, 28)) != learner_fingerprint(other)
+
+
+class _TwoPass:
+    """The hook without `guided_step`: the sampler runs the CFG pass, the hook its own forward."""
+
+    def __init__(self, hook):
+        self.hook = hook
+
+    def __call__(self, *args):
+        return self.hook(*args)
+
+
+@pytest.mark.parametrize("cfg,mode", [(0.5, "relative"), (0.0, "relative"), (0.5, "classifier")])
+def test_the_shared_forward_guides_as_the_two_pass_form(models, cfg, mode):
+    """guided_step reuses the conditional forward for CFG: the same images, one forward less."""
+    backend, learner = models
+    settings = GuidanceSettings(omega=0.05, mode=mode, every=1)
+    sampler = SamplerSettings(steps=4, cfg=cfg)
+    labels, seeds = torch.arange(6) % 10, list(range(6))
+    steps = settings.guided_steps(sampler.steps)
+    calls = []
+    forward = backend.model_output
+
+    def counted(x, t, cond):
+        calls.append(len(x))
+        return forward(x, t, cond)
+
+    outs, forwards = [], []
+    for hook in (EntropyGuidance(backend, learner, settings),
+                 _TwoPass(EntropyGuidance(backend, learner, settings))):  # fmt: skip
+        calls.clear()
+        backend.model_output = counted
+        try:
+            outs.append(sample(backend, labels, seeds, sampler, guidance=hook, guided_steps=steps))
+        finally:
+            del backend.model_output
+        forwards.append(sum(calls))  # images through the denoiser
+    torch.testing.assert_close(outs[0].images, outs[1].images, rtol=0, atol=1e-5)
+    per_step = 6 * (2 if cfg else 1)
+    assert forwards == [per_step * sampler.steps, per_step * sampler.steps + 6 * len(steps)]

@@ -28,7 +28,7 @@ from deliberate.errors import DeliberateError
 
 # Manifest columns carried by the npz and hf exports, when the pool's rows have them.
 COLUMNS = {"seed": np.int64, "round": np.int64, "omega": np.float64, "entropy": np.float64,
-           "learner_pred": np.int64, "guidance_skipped": np.int64, "fingerprint": str}  # fmt: skip
+           "learner_pred": np.int64, "guidance_skipped": np.int64, "fingerprint": str, "guide": str}  # fmt: skip
 SHARD_SIZE = 10_000  # samples per WebDataset tar shard
 
 
