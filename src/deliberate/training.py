@@ -18,7 +18,6 @@ from typing import ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from deliberate import distributed
@@ -272,13 +271,17 @@ class Trainer:
         )
         self.step_count = 0
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        mixes = [
-            cls(alpha=alpha, num_classes=learner.num_classes)
-            for cls, alpha in ((v2.MixUp, cfg.mixup_alpha), (v2.CutMix, cfg.cutmix_alpha))
-            if alpha > 0
-        ]
-        # As in torchvision's reference recipe: one of the enabled mixes per batch.
-        self.mix = v2.RandomChoice(mixes) if mixes else None
+        self.mix = None
+        if cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0:
+            from torchvision.transforms import v2  # seconds to import: only when mixing
+
+            mixes = [
+                cls(alpha=alpha, num_classes=learner.num_classes)
+                for cls, alpha in ((v2.MixUp, cfg.mixup_alpha), (v2.CutMix, cfg.cutmix_alpha))
+                if alpha > 0
+            ]
+            # As in torchvision's reference recipe: one of the enabled mixes per batch.
+            self.mix = v2.RandomChoice(mixes)
 
     @property
     def lr(self) -> float:

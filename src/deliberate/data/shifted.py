@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
 from deliberate.learner import evaluate
@@ -31,13 +30,20 @@ def _noise(x: torch.Tensor) -> torch.Tensor:
     return x + NOISE_SD * torch.randn(x.shape, generator=g)
 
 
+def _tf():
+    """torchvision's v2 functional transforms, imported when a shift is applied (seconds)."""
+    from torchvision.transforms.v2 import functional
+
+    return functional
+
+
 SHIFTS = {
-    "rotate": lambda x: TF.rotate(x, ROTATE_DEG, interpolation=TF.InterpolationMode.BILINEAR),
-    "blur": lambda x: TF.gaussian_blur(x, kernel_size=[5, 5], sigma=[BLUR_SIGMA, BLUR_SIGMA]),
+    "rotate": lambda x: _tf().rotate(x, ROTATE_DEG, interpolation=_tf().InterpolationMode.BILINEAR),
+    "blur": lambda x: _tf().gaussian_blur(x, kernel_size=[5, 5], sigma=[BLUR_SIGMA, BLUR_SIGMA]),
     "noise": _noise,
     "invert": lambda x: 1.0 - x,
-    "low-contrast": lambda x: TF.adjust_contrast(x, CONTRAST),
-    "translate": lambda x: TF.affine(
+    "low-contrast": lambda x: _tf().adjust_contrast(x, CONTRAST),
+    "translate": lambda x: _tf().affine(
         x, angle=0.0, translate=[SHIFT_PX, SHIFT_PX], scale=1.0, shear=[0.0, 0.0]
     ),
 }
