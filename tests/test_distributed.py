@@ -27,7 +27,7 @@ from deliberate.practice import PracticeConfig, run_practice
 from deliberate.rounds import plan
 from deliberate.rundir import RunDir
 from deliberate.sampling import SampleOutput, SamplerSettings
-from deliberate.training import cpu_rng, random_crop_flip
+from deliberate.training import cpu_rng, random_crop_flip, random_resized_crop_flip
 from tests.helpers import CONFIGS, TIMING_KEYS, needs_data, tiny_backend
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -108,12 +108,13 @@ def test_staged_shards_are_committed_in_plan_order_whoever_wrote_them(tmp_path):
     assert again.verify() == 5
 
 
-def test_a_rank_crops_its_rows_as_one_process_would():
+@pytest.mark.parametrize("crop", [random_crop_flip, random_resized_crop_flip])
+def test_a_rank_crops_its_rows_as_one_process_would(crop):
     x = torch.rand(6, 1, 8, 8)
     with cpu_rng(5):
-        whole = random_crop_flip(x)
+        whole = crop(x)
     with cpu_rng(5):  # rank 1 of 2: rows 3..5 of the global batch
-        share = random_crop_flip(x[3:], part=(6, slice(3, 6)))
+        share = crop(x[3:], part=(6, slice(3, 6)))
     assert torch.equal(whole[3:], share) and not torch.equal(whole[3:], x[3:])
 
 

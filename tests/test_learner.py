@@ -19,6 +19,7 @@ from deliberate.training import (
     TrainConfig,
     Trainer,
     cpu_rng,
+    random_resized_crop_flip,
     train_classifier,
     uniform_sampler,
     wsd_lr,
@@ -125,6 +126,32 @@ def test_resume_is_bit_exact():
     assert resumed.step_count == straight.step_count == 8 and resumed.lr == straight.lr == 0.0
     assert_same_state(straight.model.state_dict(), resumed.model.state_dict())
     assert_same_state(straight.ema.state_dict(), resumed.ema.state_dict())
+
+
+def test_random_resized_crop_boxes_and_flips():
+    x = torch.arange(2 * 3 * 12 * 12, dtype=torch.float32).view(2, 3, 12, 12)
+    with cpu_rng(0):  # the whole image at scale 1, ratio 1: the image or its mirror, exactly
+        same = random_resized_crop_flip(x.repeat(8, 1, 1, 1), scale=(1, 1), ratio=(1, 1))
+    for got, want in zip(same, x.repeat(8, 1, 1, 1), strict=True):
+        assert torch.equal(got, want) or torch.equal(got, want.flip(-1))
+    assert any(torch.equal(g, w.flip(-1)) for g, w in zip(same, x.repeat(8, 1, 1, 1), strict=True))
+    with cpu_rng(1):  # a quarter of the area: zoomed in, so pixels repeat along rows
+        zoomed = random_resized_crop_flip(x, scale=(0.25, 0.25), ratio=(1, 1))
+    assert zoomed.shape == x.shape and not torch.equal(zoomed, x)
+    assert zoomed.min() >= x.min() and zoomed.max() <= x.max()  # bilinear: inside the range
+
+
+def test_resized_crop_and_bf16_train_and_keep_fp32_weights():
+    images, labels = squares(64)
+    trainer = tiny_trainer(augment=True, crop="resized", precision="bf16")
+    losses = trainer.train_steps(uniform_sampler(images, labels), 4)
+    assert all(math.isfinite(loss) for loss in losses)
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    assert all(p.dtype == torch.float32 for p in trainer.ema.parameters())
+    fp32 = tiny_trainer(augment=True, crop="resized")
+    fp32.train_steps(uniform_sampler(images, labels), 4)  # same draws, other precision
+    diff = (fp32.model.backbone.head.weight - trainer.model.backbone.head.weight).abs().max()
+    assert 0 < diff < 0.05  # bf16 rounds the forward, not the update
 
 
 def test_unknown_arch_and_bad_config_raise():

@@ -50,7 +50,16 @@ class Recipe:
     label_smoothing: float = field(0.11, "label smoothing of the targets", ge=0, lt=1)
     mixup_alpha: float = field(0.0, "Mixup Beta(a, a); 0 = off (paper: 0.5)", ge=0)
     cutmix_alpha: float = field(0.0, "CutMix Beta(a, a); 0 = off (paper: 1.0)", ge=0)
-    augment: bool = field(False, "random crop (zero padding 2) and horizontal flip, per image")
+    augment: bool = field(False, "random crop (`crop`) and horizontal flip, per image")
+    crop: str = field(
+        "pad", "augment's crop: pad (zero padding 2, small images) or resized "
+        "(RandomResizedCrop, scale 0.08-1, ratio 3/4-4/3: the ViT recipe)",
+        choices=("pad", "resized"),
+    )  # fmt: skip
+    precision: str = field(
+        "fp32", "learner forward/backward: fp32, or bf16 autocast with fp32 master weights",
+        choices=("fp32", "bf16"),
+    )  # fmt: skip
 
     def validate(self) -> None:
         """The cross-field checks (`config.from_dict` has checked each field's own range)."""
@@ -211,6 +220,44 @@ def random_crop_flip(
     return padded[tuple(i.to(x.device) for i in idx)]  # (B, C, H, W)
 
 
+def random_resized_crop_flip(
+    x: torch.Tensor,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    part: tuple[int, slice] | None = None,
+) -> torch.Tensor:
+    """Per-image RandomResizedCrop (torchvision's sampling) plus a horizontal flip (global RNG).
+
+    Each image gets a box of `scale` of its area and aspect in `ratio` (log-uniform), drawn up
+    to 10 times and else the whole image, resized back to (H, W) bilinearly in one batched
+    `torchvision.ops.roi_align`. As in `random_crop_flip`, the draws cover the whole global batch (`part`).
+    """
+    from torchvision.ops import roi_align
+
+    b, c, h, w = x.shape
+    total, mine = part or (b, slice(None))
+    tries = 10
+    area = h * w * torch.empty(total, tries).uniform_(*scale)
+    log_r = torch.empty(total, tries).uniform_(math.log(ratio[0]), math.log(ratio[1]))
+    aspect = torch.exp(log_r)
+    cw = torch.sqrt(area * aspect).round()
+    ch = torch.sqrt(area / aspect).round()
+    ok = (cw >= 1) & (cw <= w) & (ch >= 1) & (ch <= h)
+    first = torch.where(ok.any(1), ok.float().argmax(1), torch.full((total,), -1))
+    pick = first.clamp_min(0).unsqueeze(1)
+    cw = torch.where(first >= 0, cw.gather(1, pick)[:, 0], torch.full((total,), float(w)))
+    ch = torch.where(first >= 0, ch.gather(1, pick)[:, 0], torch.full((total,), float(h)))
+    x0 = torch.floor(torch.rand(total) * (w - cw + 1))
+    y0 = torch.floor(torch.rand(total) * (h - ch + 1))
+    flip = torch.rand(total) < 0.5
+    boxes = torch.stack([x0, y0, x0 + cw, y0 + ch], 1)[mine]  # (B, 4): pixel i spans [i, i+1)
+    rois = torch.cat([torch.arange(b, dtype=boxes.dtype).unsqueeze(1), boxes], 1)
+    # One bilinear sample per output pixel at its centre: the whole-image box is the identity.
+    out = roi_align(x, rois.to(x.device, x.dtype), output_size=(h, w), sampling_ratio=1,
+                    aligned=True)  # fmt: skip
+    return torch.where(flip[mine].to(x.device).view(-1, 1, 1, 1), out.flip(-1), out)
+
+
 def uniform_sampler(images: np.ndarray | torch.Tensor, labels) -> Sampler:
     """A sampler drawing `batch_size` examples uniformly with replacement from fixed arrays.
 
@@ -304,11 +351,16 @@ class Trainer:
         with cpu_rng(seed):
             if self.cfg.augment:
                 shared = distributed.world_size() > 1  # x is this rank's share of the batch
-                x = random_crop_flip(x, part=(self.cfg.batch_size, self.part) if shared else None)
+                crop = random_resized_crop_flip if self.cfg.crop == "resized" else random_crop_flip
+                x = crop(x, part=(self.cfg.batch_size, self.part) if shared else None)
             target = y
             if self.mix is not None:
                 x, target = self.mix(x, y)  # target: (B, num_classes) soft labels
-            loss = F.cross_entropy(self.ddp(x), target, label_smoothing=self.cfg.label_smoothing)
+            # bf16: autocast on the learner's device; weights, AdamW and the EMA stay fp32.
+            with torch.autocast(device.type, torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+                logits = self.ddp(x)
+            loss = F.cross_entropy(logits.float(), target,
+                                   label_smoothing=self.cfg.label_smoothing)  # fmt: skip
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
         self.optimizer.step()
