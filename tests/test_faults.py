@@ -166,6 +166,24 @@ def test_killed_budget_run_resumes_to_the_identical_result(point, n, generator, 
     assert [b["iterations"] for b in summary["budgets"]] == [20, 40]
 
 
+# practice.checkpoint_every=25 (evaluations every 10): after round 0 (step 0) the next
+# checkpoint is at step 30, where round 1 is decided; kills before it replay from step 0.
+CADENCE_KILLS = [("metrics.appended", 2), ("train.step", 25)]
+
+
+@needs_data
+@pytest.mark.parametrize("point,n", CADENCE_KILLS, ids=[f"{p}:{n}" for p, n in CADENCE_KILLS])
+def test_a_checkpoint_cadence_replays_to_the_identical_result(point, n, reference, generator,
+                                                              tmp_path):  # fmt: skip
+    out = tmp_path / "run"
+    args = [*cli_args(out, generator), "--set=practice.checkpoint_every=25"]
+    assert fork_run(args, f"{point}:{n}") == -signal.SIGKILL, f"{point}:{n} was never reached"
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["trainer"]["step"] == 0  # no checkpoint at the evaluations of steps 10 and 20
+    assert fork_run(args) == 0, (tmp_path / "run.err").read_text()
+    assert_same_result(reference, out)  # the cadence changes what is written, not the result
+
+
 def test_every_kill_point_is_placed_and_tested():
     tested = {p for p, _ in KILLS} | {p for p, _ in BUDGET_KILLS}
     assert sorted(tested) == sorted(faults.POINTS) and len(faults.POINTS) >= 20

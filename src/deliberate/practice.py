@@ -58,6 +58,10 @@ class LoopSettings:
     )
     eval_every: int = field(100, "tau: optimiser steps between evaluations", ge=1)
     test_every: int = field(1, "test-set eval every k-th evaluation (+ the last); 0 = last", ge=0)
+    checkpoint_every: int = field(
+        0, "iterations between checkpoints; 0 = after every evaluation. Always written before "
+        "a round is generated, at forks and at the end; a kill replays from the last one", ge=0,
+    )  # fmt: skip
     new_data_weight: float = field(1.0, "sampling weight of the newest round (Table 3: 2)", gt=0)
     oversample: float = field(
         1.0,
@@ -176,6 +180,7 @@ class Run:
             lrn.train_config(cfg.practice.eval_every, cfg.seed, b).cooldown_start: b for b in shorter
         }
         self.trainer, self.state, self.sampler = Trainer(net.to(cfg.device), tc), LoopState(), None
+        self.checkpointed_at = 0  # the step of the last checkpoint (practice.checkpoint_every)
 
     def restore(self, ckpt: dict | None, **fresh) -> None:
         """Continue from a checkpoint, or start from scratch with LoopState(**fresh) (a branch
@@ -184,6 +189,7 @@ class Run:
             self.trainer.load_state_dict(ckpt["trainer"])
             self.state = LoopState(**ckpt["loop"])
             torch.set_rng_state(ckpt["rng"])
+            self.checkpointed_at = self.trainer.step_count
         else:
             self.state = LoopState(**fresh)
         if distributed.is_main():
@@ -195,6 +201,15 @@ class Run:
         loop = asdict(state or self.state)
         ckpt = {"trainer": self.trainer.state_dict(), "loop": loop, "rng": torch.get_rng_state()}
         self.rd.save_checkpoint(ckpt, path)
+        if path is None:
+            self.checkpointed_at = self.trainer.step_count
+
+    def checkpoint_due(self) -> bool:
+        """After an evaluation: every time, or once `checkpoint_every` steps have passed, or at
+        the end. Between checkpoints a resumed run replays the same steps and evaluations."""
+        every, step = self.cfg.practice.checkpoint_every, self.trainer.step_count
+        end = step >= self.trainer.cfg.iterations
+        return not every or end or step - self.checkpointed_at >= every
 
     def branch(self, rd: RunDir, **kw) -> Run:
         """A sibling run in `rd` on this run's generator, data and pool (deliberate.branches)."""
@@ -298,7 +313,8 @@ class Run:
                 faults.point("round.decided")
                 if cfg.practice.branch_outs:
                     branches.save_branch_out(self)
-            self.checkpoint()  # before generating: a crash mid-round resumes with this learner
+            if add or self.checkpoint_due():  # a round always: it resumes with this learner
+                self.checkpoint()
         bar.close()
         distributed.barrier()  # rank 0's last metrics row is on disk before anyone reads it
 
