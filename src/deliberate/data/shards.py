@@ -62,8 +62,10 @@ def _header(z: zipfile.ZipFile, size: int, member: str):
         read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
         shape, fortran, dtype = read(m)
         start = m.tell()
+    if dtype.hasobject:
+        raise Damaged(f"{member} holds Python objects, which are never loaded")
     claimed = math.prod(shape) * dtype.itemsize
-    if dtype.hasobject or claimed != info.file_size - start:
+    if claimed != info.file_size - start:
         raise Damaged(
             f"{member}'s header claims {dtype} {shape} ({claimed:,} bytes) but it holds "
             f"{info.file_size - start:,} bytes"
