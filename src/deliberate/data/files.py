@@ -68,7 +68,10 @@ def check_tree(root: str | Path) -> None:
     for top, dirs, files in os.walk(root):  # never descends into a symlinked folder
         for name in [*dirs, *files]:
             entry = os.path.join(top, name)
-            mode = os.lstat(entry).st_mode
+            try:
+                mode = os.lstat(entry).st_mode
+            except FileNotFoundError:  # another rank's temp file, renamed meanwhile
+                continue
             if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
                 raise _refuse(entry, _kind(mode))
 
