@@ -174,7 +174,8 @@ def run_prune(cfg: PruneConfig, out_dir: str | Path, progress: bool = True, call
         _fill_train_pool(pool, scorer_pool, cands, chosen, cfg.prune.keep_initial)
         run = Run(train_cfg, backend, split, pool, trd, progress, callback, tag="prune")
         # From scratch, the pool is complete: train on it, no rounds.
-        run.restore(trd.load_checkpoint(), round=1, pending=False, pool_size=len(pool))
+        ckpt = trd.load_checkpoint(check=run.load)
+        run.restore(ckpt, round=1, pending=False, pool_size=len(pool))
         run.loop(grow=False)
         last = trd.metrics()[-1]
         final = {

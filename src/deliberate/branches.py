@@ -19,7 +19,7 @@ import dataclasses
 import json
 
 from deliberate import distributed, faults
-from deliberate.data.files import atomic_file
+from deliberate.data.files import atomic_file, check_regular, read_inside
 from deliberate.errors import DeliberateError
 from deliberate.rundir import RunDir
 
@@ -50,8 +50,15 @@ def save_budget_fork(run, iterations: int) -> None:
 
 
 def _cached(rd: RunDir) -> dict | None:
-    file = rd.root / "result.json"
-    return json.loads(file.read_text()) if file.exists() else None
+    if not check_regular(rd.root / "result.json"):
+        return None
+    try:
+        result = json.loads(read_inside(rd.root, "result.json", 2**20))
+    except ValueError:
+        result = None
+    if not isinstance(result, dict):
+        raise DeliberateError(f"{rd.root / 'result.json'} is damaged; delete it to redo the branch")
+    return result
 
 
 def _write_result(rd: RunDir, result: dict) -> dict:
@@ -72,7 +79,8 @@ def finish_branch_out(main, k: int, iteration: int, size: int) -> dict:
     if (done := _cached(rd)) is not None:
         return done
     run = main.branch(rd, limit=size, tag=f"branch {k}")
-    run.restore(rd.load_checkpoint() or rd.load_checkpoint(rd.root / "fork.pt"))
+    fork = rd.root / "fork.pt"
+    run.restore(rd.load_checkpoint(check=run.load) or rd.load_checkpoint(fork, check=run.load))
     faults.point("branch.started")
     run.loop(grow=False)
     faults.point("branch.finished")
@@ -84,12 +92,13 @@ def finish_budget(main, iterations: int) -> dict:
     rd = RunDir(main.rd.root / "budgets" / f"iters-{iterations}")
     if (done := _cached(rd)) is not None:
         return done
-    ckpt = rd.load_checkpoint() or rd.load_checkpoint(rd.root / "fork.pt")
+    run = main.branch(rd, tag=f"{main.tag} {iterations} it", iterations=iterations)
+    ckpt = rd.load_checkpoint(check=run.load) or rd.load_checkpoint(rd.root / "fork.pt",
+                                                                     check=run.load)  # fmt: skip
     if ckpt is None:
         raise DeliberateError(f"{rd.root}: its fork.pt is missing; delete the folder and re-run")
-    size = ckpt["loop"]["pool_size"]
-    run = main.branch(rd, limit=size, tag=f"{main.tag} {iterations} it", iterations=iterations)
     run.restore(ckpt)
+    run.limit = size = run.state.pool_size  # the pool as it was when the budget forked
     run.loop(grow=False)
     return _write_result(rd, _result(rd, size, iterations=iterations))
 
@@ -112,7 +121,8 @@ def finish_prefix(main, n: int) -> dict:
     share = n / main.state.pool_size
     generation = ("denoiser_evals", "images_generated", "seconds_generate")
     ledger = {k: v * share if k in generation else 0 for k, v in main.state.ledger.items()}
-    run.restore(rd.load_checkpoint(), round=0, pending=False, pool_size=n, ledger=ledger)
+    run.restore(rd.load_checkpoint(check=run.load), round=0, pending=False, pool_size=n,
+                ledger=ledger)  # fmt: skip
     run.loop(grow=False)
     budgets = budget_results(run)
     return _write_result(rd, {**budgets[-1], "budgets": budgets})

@@ -188,6 +188,14 @@ _Loader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct
 _Loader.add_constructor("tag:yaml.org,2002:binary", yaml.SafeLoader.construct_yaml_str)
 
 
+def load_yaml(text: str, where: str):
+    """YAML text -> Python values with `_Loader`, refusing alias bombs (one line naming `where`);
+    a syntax error is raised as yaml.YAMLError, for the caller to word (see `parse_yaml`)."""
+    data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    _check_size(data, where)
+    return data
+
+
 def parse_yaml(text: str, where: str):
     """YAML text -> Python values with `_Loader`; errors are one line naming `where`."""
     try:

@@ -141,6 +141,26 @@ class LoopState:
     ledger: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(LEDGER, 0))
     losses: list = dataclasses.field(default_factory=list)  # train losses since the last eval
 
+    @classmethod
+    def from_checkpoint(cls, loop: dict) -> LoopState:
+        """The state a checkpoint's `loop` holds, refused (TypeError) unless every field has the
+        type a run writes: fork rounds become folder names, so they must be integers."""
+        state = cls(**loop)  # TypeError: a key this state does not have
+        num = lambda v: isinstance(v, int | float) and not isinstance(v, bool)  # noqa: E731
+        fork = lambda f: isinstance(f, list | tuple) and [type(x) for x in f] == [int] * 3  # noqa: E731
+        counts = (state.round, state.pool_size, state.patience, state.evals)
+        checks = (
+            all(type(v) is int for v in counts),
+            type(state.pending) is bool and num(state.best_val),
+            state.last_entropy is None or num(state.last_entropy),
+            isinstance(state.forks, list) and all(map(fork, state.forks)),
+            isinstance(state.ledger, dict) and all(map(num, state.ledger.values())),
+            isinstance(state.losses, list) and all(map(num, state.losses)),
+        )
+        if not all(checks):
+            raise TypeError("its loop state has a field of the wrong type")
+        return state
+
 
 def decide(cfg: PracticeConfig, state: LoopState, val_acc: float, step: int,
            schedule: TrainConfig | None = None) -> bool:  # fmt: skip
@@ -182,13 +202,19 @@ class Run:
         self.trainer, self.state, self.sampler = Trainer(net.to(cfg.device), tc), LoopState(), None
         self.checkpointed_at = 0  # the step of the last checkpoint (practice.checkpoint_every)
 
+    def load(self, ckpt: dict) -> None:
+        """Take trainer, loop state and RNG from a checkpoint; writes nothing, so it doubles as
+        the structure check of `RunDir.load_checkpoint(check=run.load)` (KeyError, TypeError,
+        RuntimeError on a checkpoint that is not this run's)."""
+        self.trainer.load_state_dict(ckpt["trainer"])
+        self.state = LoopState.from_checkpoint(ckpt["loop"])
+        torch.set_rng_state(ckpt["rng"])
+
     def restore(self, ckpt: dict | None, **fresh) -> None:
         """Continue from a checkpoint, or start from scratch with LoopState(**fresh) (a branch
         whose pool is already complete); drop metrics rows written after the state."""
         if ckpt is not None:
-            self.trainer.load_state_dict(ckpt["trainer"])
-            self.state = LoopState(**ckpt["loop"])
-            torch.set_rng_state(ckpt["rng"])
+            self.load(ckpt)
             self.checkpointed_at = self.trainer.step_count
         else:
             self.state = LoopState(**fresh)
@@ -339,13 +365,17 @@ def run_practice(
         check_fits(backend, split)  # all checks before the first byte is written
         faults.ensure_free_space(out_dir, cfg.practice.initial * (c * h * w + 1024), "round 0")
         with distributed.main_first():  # rank 0 writes config.yaml; the others check theirs
-            rd.claim(to_dict(cfg), clean=distributed.is_main(), defaults=to_dict(type(cfg)()))
+            rd.claim(to_dict(cfg), clean=False, defaults=to_dict(type(cfg)()))  # checks the tree
         faults.point("run.claimed")
+        main = Run(cfg, backend, split, None, rd, progress, callback)
+        ckpt = rd.load_checkpoint(check=main.load)  # a wrong structure: refused, nothing written
         with distributed.main_first():  # rank 0 creates (or repairs) it, then the others open it
             pool = Pool.open_or_create(rd.root / "pool", pool_meta(backend))  # refuses another's
+            if distributed.is_main():  # all is checked: only now go a killed writer's temp files
+                rd.clean_temp()
         faults.point("pool.created")
-        main = Run(cfg, backend, split, pool, rd, progress, callback)
-        main.restore(rd.load_checkpoint())
+        main.pool = pool
+        main.restore(ckpt)
         if len(pool) < main.state.pool_size:  # the pool drops rows of a deleted last shard
             raise DeliberateError(
                 f"{pool.root} holds {len(pool)} images but this run had {main.state.pool_size}: "

@@ -13,6 +13,7 @@ any prefix of a plan is class-balanced, so the first n images of a pool are the 
 from __future__ import annotations
 
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -20,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from deliberate import accounting, distributed, faults
-from deliberate.data.files import atomic_file
+from deliberate.data.files import _one_line, atomic_file, check_folder, check_regular, open_inside
 from deliberate.data.pool import Pool
 from deliberate.errors import DeliberateError
 from deliberate.generate import SampleFn, generate_into_pool
@@ -196,7 +197,7 @@ def save_twins(pool: Pool, backend: Backend, settings: SamplerSettings, k: int, 
     10 per class for 10 classes, fewer for more (1 each at 1,000): about 100-1,000 images."""
     per_class = max(1, min(10, 200 // backend.num_classes))
     path = root / "twins" / f"round-{k}.npz"
-    if path.exists():
+    if check_folder(path.parent) and check_regular(path):  # a symlink or FIFO: refused
         return
     mine = [r for r in pool.records() if r["round"] == k]
     by_class = [[r for r in mine if r["label"] == c] for c in range(backend.num_classes)]
@@ -206,7 +207,8 @@ def save_twins(pool: Pool, backend: Backend, settings: SamplerSettings, k: int, 
     plain = to_uint8(out.images.cpu())
     with torch.no_grad():
         h_plain = learner.entropy(to_float01(plain).to(device)).cpu().numpy()
-    path.parent.mkdir(exist_ok=True)
+    if not check_folder(path.parent):
+        path.parent.mkdir()
     with atomic_file(path) as f:
         np.savez(f, plain=plain.numpy(), guided=guided, labels=labels,
                  seeds=np.array([r["seed"] for r in rows]), entropy_plain=h_plain,
@@ -216,7 +218,11 @@ def save_twins(pool: Pool, backend: Backend, settings: SamplerSettings, k: int, 
 def load_twins(root) -> dict[int, dict]:
     """The twins of every guided round of a run folder, by round."""
     twins = {}
-    for path in sorted((root / "twins").glob("round-*.npz")):
-        with np.load(path, allow_pickle=False) as z:
-            twins[int(path.stem.split("-")[1])] = dict(z)
+    found = sorted((root / "twins").glob("round-*.npz")) if check_folder(root / "twins") else []
+    for path in (p for p in found if p.stem[6:].isdigit()):
+        try:
+            with open_inside(root, f"twins/{path.name}") as f, np.load(f, allow_pickle=False) as z:
+                twins[int(path.stem[6:])] = dict(z)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            raise DeliberateError(f"{path} is unreadable ({_one_line(e)}); delete it") from None
     return twins

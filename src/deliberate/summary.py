@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from deliberate import accounting
-from deliberate.data.files import atomic_file
+from deliberate.data.files import atomic_file, check_regular, read_inside
 from deliberate.data.shifted import evaluate_shifted
 from deliberate.learner import predict
 
@@ -68,8 +68,10 @@ def round_errors(learner, pool, stages: dict | None = None) -> list[dict]:
 
 
 def read_summary(root: str | Path) -> dict | None:
-    path = Path(root) / SUMMARY
-    return json.loads(path.read_text()) if path.exists() else None
+    """A finished run's summary.json (None before it finishes); never read through a symlink."""
+    if not check_regular(Path(root) / SUMMARY):
+        return None
+    return json.loads(read_inside(root, SUMMARY, 2**26))
 
 
 def write_summary(root: str | Path, summary: dict) -> dict:

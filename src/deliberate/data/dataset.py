@@ -16,7 +16,6 @@ from torch.utils.data import Dataset
 
 from deliberate.data.export import _to_pil
 from deliberate.data.pool import Pool
-from deliberate.data.shards import shard_images
 from deliberate.errors import DeliberateError
 
 
@@ -53,11 +52,9 @@ class PoolDataset(Dataset):
         self.targets: list[int] = pool.labels().tolist()
         n_classes = max(pool.num_classes or 0, max(self.targets) + 1)
         self.classes: list[str] = pool.class_names or [str(c) for c in range(n_classes)]
-        # The pool's shard table as of now: (path, first id, count); same package, so the
+        # The pool's shard table as of now: (name, first id, count); same package, so the
         # private fields are ours to read.
-        self._shards = [
-            (pool._shard_dir / name, first, count) for name, first, count in pool._shards
-        ]
+        self._shards = list(pool._shards)
         self._firsts = np.array([first for _, first, _ in self._shards], np.int64)
         self._pool = pool  # for its one-line corrupt-shard messages and shard rows (no open files)
         self._last: tuple[int, np.ndarray, list[dict] | None] | None = None
@@ -73,9 +70,9 @@ class PoolDataset(Dataset):
     def _shard(self, j: int) -> tuple[np.ndarray, list[dict] | None]:
         """Shard j's images (memory-mapped) and, with `with_record`, its manifest rows."""
         if self._last is None or self._last[0] != j:
-            path, _, count = self._shards[j]
-            images = shard_images(path, count, self._pool._corrupt)
-            rows = self._pool._load(path, images=False)[3] if self.with_record else None
+            name, _, count = self._shards[j]
+            images = self._pool._images(name, count)  # memory-mapped, through open_inside
+            rows = self._pool._load(name, images=False)[3] if self.with_record else None
             self._last = (j, images, rows)
         return self._last[1], self._last[2]
 

@@ -2,6 +2,7 @@
 
 # root/pool.json (format, version, meta); root/shards/shard-NNNNNN.npz (images, ids, labels, rows);
 # root/manifest.jsonl (a row per image). Shards carry their rows, so the manifest can be rebuilt.
+# Every file is opened through deliberate.data.files: regular files inside the folder only.
 
 from __future__ import annotations
 
@@ -16,19 +17,34 @@ from typing import Any
 import numpy as np
 
 from deliberate import faults
-from deliberate.data.files import _dumps, _fsync_dir, _one_line, atomic_file
+from deliberate.data.files import (
+    _dumps,
+    _fsync_dir,
+    _one_line,
+    atomic_file,
+    check_folder,
+    check_regular,
+    open_fd_inside,
+    open_inside,
+)
+from deliberate.data.shards import (
+    FORMAT,
+    VERSION,
+    Damaged,
+    PoolImages,
+    _is_int,
+    check_meta,
+    memmap_images,
+    read_header,
+    read_manifest,
+    read_shard,
+)
 from deliberate.data.shards import LOAD_ERRORS as _LOAD_ERRORS
-from deliberate.data.shards import PoolImages
 from deliberate.errors import DeliberateError
 
 __all__ = ["Pool", "PoolImages", "atomic_file", "RESERVED"]
 
-FORMAT, VERSION = "deliberate-pool", 1
 RESERVED = ("id", "shard", "index")  # assigned by the pool, never by the caller
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int | np.integer) and not isinstance(x, bool | np.bool_)
 
 
 def _shard_name(j: int) -> str:
@@ -49,7 +65,7 @@ class Pool:
         self._shard_dir = self.root / "shards"
         self._manifest = self.root / "manifest.jsonl"
         self._staging = self.root / "staging"  # shards written, not yet committed (`stage`)
-        self.meta = self._read_header()
+        self.meta = read_header(self.root)
         with self._lock():
             self._scan()
 
@@ -57,13 +73,13 @@ class Pool:
     def create(cls, root: str | Path, meta: Mapping[str, Any]) -> Pool:
         """Create an empty pool in a new or empty directory (meta: image_shape, class_names...)."""
         root = Path(root)
-        if (root / "pool.json").exists():
+        if check_regular(root / "pool.json"):
             raise DeliberateError(f"{root} already holds a pool; open it with Pool(root)")
         for tmp in root.glob(".*.tmp"):  # left by a create killed before its rename
             tmp.unlink()
         if root.exists() and any(root.iterdir()):
             raise DeliberateError(f"{root} is not empty; choose a new or empty pool directory")
-        meta = _check_meta(meta, root)
+        meta = check_meta(meta, root)
         root.mkdir(parents=True, exist_ok=True)
         _write_header(root, meta)  # its presence (whole, thanks to the rename) marks a pool
         return cls(root)
@@ -71,9 +87,9 @@ class Pool:
     @classmethod
     def open_or_create(cls, root: str | Path, meta: Mapping[str, Any]) -> Pool:
         """Open the pool at root (checking meta agrees) or create it; what a resumed run calls."""
-        if not (Path(root) / "pool.json").exists():
+        if not check_regular(Path(root) / "pool.json"):  # a symlink there is refused
             return cls.create(root, meta)
-        pool, meta = cls(root), _check_meta(meta, Path(root))
+        pool, meta = cls(root), check_meta(meta, Path(root))
         for key in sorted(meta.keys() & pool.meta.keys()):
             if meta[key] != pool.meta[key]:
                 raise pool._err(f"has {key}={pool.meta[key]!r} not {meta[key]!r}; use another dir")
@@ -164,7 +180,8 @@ class Pool:
         ids = np.arange(first, first + len(rows), dtype=np.int64)
         labels = np.array([r["label"] for r in rows], np.int64)
         packed = np.frombuffer(_dumps(rows).encode(), np.uint8)
-        self._staging.mkdir(exist_ok=True)
+        if not check_folder(self._staging):
+            self._staging.mkdir()
         with atomic_file(self._staging / name) as f:
             np.savez(f, images=images, ids=ids, labels=labels, rows=packed)
             faults.point("pool.shard_tmp_written")
@@ -172,14 +189,15 @@ class Pool:
     def staged(self) -> dict[int, list[int]]:
         """The complete staged shards: shard number -> the seeds of its images, in order."""
         out = {}
-        for path in sorted(self._staging.glob("shard-*.npz")) if self._staging.exists() else []:
+        staged = sorted(self._staging.glob("shard-*.npz")) if check_folder(self._staging) else []
+        for path in staged:
             with contextlib.suppress(DeliberateError):  # unreadable: as good as absent
                 out[int(path.name[6:-4])] = [r["seed"] for r in self._load(path)[3]]
         return out
 
     def unstage(self, numbers: Iterable[int]) -> None:
         """Delete these staged shards and any half-written staging file (no writer may be busy)."""
-        if self._staging.exists():
+        if check_folder(self._staging):
             for path in [*(self._staging / _shard_name(n) for n in numbers),
                          *self._staging.glob(".*.tmp")]:  # fmt: skip
                 path.unlink(missing_ok=True)
@@ -230,7 +248,7 @@ class Pool:
 
     def records(self) -> list[dict]:
         """Every manifest row, in id order."""
-        with open(self._manifest, "rb") as f:  # ignore rows appended since our last look
+        with open_inside(self.root, "manifest.jsonl") as f:  # not rows appended since we looked
             return [json.loads(line) for line in f.read(self._size).splitlines()]
 
     def iter_shards(self) -> Iterator[tuple[np.ndarray, np.ndarray, list[dict]]]:
@@ -252,8 +270,18 @@ class Pool:
         """The first `limit` images (all: None) as a lazy array: `view[idx]` reads only those
         images, from shards memory-mapped in place, so training never holds the pool in RAM."""
         n = len(self) if limit is None else min(limit, len(self))
-        shards = [(self._shard_dir / name, first, count) for name, first, count in self._shards]
-        return PoolImages(shards, n, self.image_shape or (0, 0), self._corrupt)
+        return PoolImages(list(self._shards), n, self.image_shape or (0, 0), self._images)
+
+    def _images(self, name: str, count: int) -> np.ndarray:
+        """Shard `name`'s images, memory-mapped, refused unless they are `count` uint8 images."""
+        try:
+            with open_inside(self.root, Path("shards") / name) as f:
+                images = memmap_images(f, self.image_shape)
+        except _LOAD_ERRORS as e:
+            raise self._corrupt(name, _why(e)) from e
+        if len(images) != count:
+            raise self._corrupt(name, f"{len(images)} images, the manifest says {count}")
+        return images
 
     def get(self, ids: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Return (images, labels) for the given ids, in the order given."""
@@ -292,7 +320,7 @@ class Pool:
         """Rescan (lock held) only if the manifest or the shard list changed under us."""
         nxt = self._shard_dir / _shard_name(len(self._shards))
         if self._manifest_bytes() != self._size or nxt.exists():
-            self.meta = self._read_header()
+            self.meta = read_header(self.root)
             self._scan()
 
     @contextlib.contextmanager
@@ -300,16 +328,15 @@ class Pool:
         """Hold the pool's exclusive lock, so no reader 'repairs' a shard a writer is finishing."""
         with contextlib.ExitStack() as stack:
             with contextlib.suppress(OSError):  # a read-only pool has no writer to wait for
-                fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+                fd = open_fd_inside(self.root, ".lock", os.O_RDWR | os.O_CREAT)  # never a symlink
                 stack.callback(os.close, fd)  # closing releases the lock, as does dying
                 fcntl.flock(fd, fcntl.LOCK_EX)
             yield
 
     def _scan(self) -> None:
-        """Reconcile the manifest with the shards on disk, repairing what a crash left behind."""
-        self._shard_dir.mkdir(exist_ok=True)
-        for tmp in [*self._shard_dir.glob(".*.tmp"), *self.root.glob(".*.tmp")]:
-            tmp.unlink()  # a writer died before its rename, so nobody ever saw this file
+        """Reconcile the manifest with the shards on disk, repairing what a crash left behind.
+
+        Everything is read and checked first; only then is anything repaired (written)."""
         names = sorted(p.name for p in self._shard_dir.glob("shard-*.npz"))
         names.sort(key=len)  # numeric order, even past shard-999999
         for j, name in enumerate(names):
@@ -318,7 +345,7 @@ class Pool:
                     f"{_shard_name(j)} is missing but {name} exists (ids would skip); "
                     "restore it or delete every shard after it"
                 )
-        rows, ends = self._read_manifest()
+        rows, ends = read_manifest(self.root)
         # Keep the longest run of whole shards whose rows agree; re-derive the rest from shards.
         table: list[tuple[str, int, int]] = []
         labels: list[int] = []
@@ -330,9 +357,9 @@ class Pool:
             group = rows[pos:stop]
             ok = j < len(names) and group[0].get("shard") == names[j]
             for i, r in enumerate(group):
-                ok = (
-                    ok and (r.get("id"), r.get("index")) == (pos + i, i) and _is_int(r.get("label"))
-                )
+                label = r.get("label")
+                ok = ok and (r.get("id"), r.get("index")) == (pos + i, i) and _is_int(label)
+                ok = ok and 0 <= label < (self.num_classes or 2**62)
             if ok and stop == len(rows):  # only the last shard listed can have lost rows
                 ok = len(self._load(names[j], images=False)[1]) == len(group)
             if not ok:
@@ -353,12 +380,16 @@ class Pool:
         self._shards = table  # (name, first id, count) per shard
         self._labels = np.array(labels, np.int64)
         self._size = keep  # manifest bytes reconciled with the shards
+        if not check_folder(self._shard_dir):
+            self._shard_dir.mkdir()
+        for tmp in [*self._shard_dir.glob(".*.tmp"), *self.root.glob(".*.tmp")]:
+            tmp.unlink()  # a writer died before its rename, so nobody ever saw this file
         if payload or self._manifest_bytes() != keep:
             self._write_rows(payload)
 
     def _write_rows(self, payload: bytes) -> None:
         """Cut the manifest after the rows we trust (dropping a stale tail), append, and sync."""
-        with open(self._manifest, "ab") as f:
+        with open_inside(self.root, "manifest.jsonl", "ab") as f:
             f.truncate(self._size)
             f.write(payload[: len(payload) // 2])
             f.flush()
@@ -369,76 +400,28 @@ class Pool:
         self._size += len(payload)
 
     def _manifest_bytes(self) -> int:
-        return self._manifest.stat().st_size if self._manifest.exists() else -1
-
-    def _read_manifest(self) -> tuple[list[dict], list[int]]:
-        """Parse manifest rows up to the first damaged line; return rows and their end offsets."""
-        rows: list[dict] = []
-        ends: list[int] = []
-        data = self._manifest.read_bytes() if self._manifest.exists() else b""
-        for line in data.splitlines(keepends=True):
-            row = None
-            with contextlib.suppress(ValueError):
-                row = json.loads(line)
-            if not line.endswith(b"\n") or not isinstance(row, dict):
-                break  # a writer died mid-line (or worse): re-derive the rest from the shards
-            rows.append(row)
-            ends.append((ends[-1] if ends else 0) + len(line))
-        return rows, ends
+        return self._manifest.lstat().st_size if check_regular(self._manifest) else -1
 
     def _load(
         self, name: str | Path, images: bool = True
     ) -> tuple[Any, np.ndarray, np.ndarray, list]:
         """Read one shard (a name in shards/, or a path; images optional); damage -> one line."""
         path = name if isinstance(name, Path) else self._shard_dir / name
-        name = path.name
         try:
-            with np.load(path, allow_pickle=False) as z:
-                ids, labels = z["ids"].astype(np.int64), z["labels"].astype(np.int64)
-                rows = json.loads(bytes(z["rows"]).decode())
-                pixels = z["images"] if images else None
+            with open_inside(self.root, path.relative_to(self.root)) as f:
+                return read_shard(f, self.image_shape, images, self.num_classes)
         except _LOAD_ERRORS as e:
-            raise self._corrupt(name, _one_line(e)) from e
-        if len(labels) != len(ids) or len(rows) != len(ids) or (images and len(pixels) != len(ids)):
-            raise self._corrupt(name, "its arrays have different lengths")
-        return pixels, ids, labels, rows
+            raise self._corrupt(path.name, _why(e)) from e
 
     def _corrupt(self, name: str, why: str) -> DeliberateError:
         nxt = _shard_name(int(name[6:-4]) + 1)
         later = " and every later shard" if (self._shard_dir / nxt).exists() else ""
-        return self._err(f"shard {name} is corrupt ({why}); delete it{later} and re-run")
-
-    def _read_header(self) -> dict:
-        path = self.root / "pool.json"
-        if not path.is_file():
-            raise DeliberateError(
-                f"{self.root} is not a pool directory (no pool.json); create one with Pool.create"
-            )
-        try:
-            header = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise self._err(f"pool.json is unreadable ({_one_line(e)}); restore it") from e
-        if not isinstance(header, dict) or header.get("format") != FORMAT:
-            raise DeliberateError(f"{path} is not a deliberate pool header; check the path")
-        if header.get("version") != VERSION:
-            raise self._err(f"format version {header.get('version')} is not {VERSION}; upgrade")
-        return header["meta"]
+        return DeliberateError(
+            f"pool at {self.root} is damaged: shard {name} is corrupt ({why}); "
+            f"delete it{later} and re-run"
+        )
 
 
-def _check_meta(meta: Mapping[str, Any], root: Path) -> dict:
-    """Validate pool meta (image_shape, class_names, num_classes) and return it as plain JSON."""
-    where = f"pool meta for {root}"
-    try:
-        meta = json.loads(_dumps(dict(meta)))
-    except (TypeError, ValueError) as e:
-        raise DeliberateError(f"{where} is not JSON-serialisable ({_one_line(e)})") from e
-    shape, names = meta.get("image_shape"), meta.get("class_names")
-    shape_ok = isinstance(shape, list) and len(shape) in (2, 3)
-    if shape is not None and not (shape_ok and all(_is_int(s) and s > 0 for s in shape)):
-        raise DeliberateError(f"{where}: image_shape must be [H, W] or [H, W, C], got {shape!r}")
-    if names is not None and not (isinstance(names, list) and all(type(s) is str for s in names)):
-        raise DeliberateError(f"{where}: class_names must be a list of strings")
-    n = meta.get("num_classes")
-    if n is not None and (not isinstance(n, int) or n <= 0 or (names and n != len(names))):
-        raise DeliberateError(f"{where}: num_classes={n!r} must be positive and match class_names")
-    return meta
+def _why(e: BaseException) -> str:
+    """A load error as the reason in one line: a Damaged shard says it plainly."""
+    return str(e) if isinstance(e, Damaged) else _one_line(e)

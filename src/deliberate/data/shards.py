@@ -1,63 +1,235 @@
-"""Reading pool shards in place: an npz member memory-mapped, and the pool's images as one lazy
-array over its shards (`Pool.images_view`), so a pool never needs to fit in RAM."""
+"""Reading a pool's files with bounded memory: pool.json (checked with the folder's entries),
+manifest lines (at most MAX_ROW_BYTES each) and shards, whose npy headers are checked against
+the pool and against the bytes the archive holds before an array is allocated; then members are
+read, or the images memory-mapped in place. And the pool's images as one lazy array over its
+shards (`Pool.images_view`), so a pool never needs to fit in RAM."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import math
+import os
 import zipfile
+import zlib
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 
-from deliberate.data.files import _one_line
+from deliberate.data.files import (
+    _dumps,
+    _one_line,
+    check_folder,
+    check_regular,
+    open_inside,
+    read_inside,
+)
+from deliberate.errors import DeliberateError
 
-LOAD_ERRORS = (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile)
+FORMAT, VERSION = "deliberate-pool", 1
+
+MAX_IMAGES = 10**7  # ids per shard: far above any batch (generate writes 250 by default)
+MAX_ROW_BYTES = 2**20  # one manifest row (a shard's `rows` and a line of manifest.jsonl)
+DEFLATE_RATIO = 1032  # deflate never expands data by more than this (zlib's hard limit)
 
 
-def _npz_member_memmap(path: Path, member: str) -> np.memmap | None:
-    """Memory-map an uncompressed .npy member of an .npz in place; None when it is compressed.
+class Damaged(ValueError):
+    """A shard whose bytes are not what a pool writes; the message says how (one line)."""
+
+
+LOAD_ERRORS = (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile, zlib.error)
+
+
+def _header(z: zipfile.ZipFile, size: int, member: str):
+    """(zip info, shape, fortran, dtype, data start in the member) of one .npy member, refused
+    unless its header claims exactly the bytes the archive holds for it."""
+    info = z.getinfo(member)
+    if info.compress_type == zipfile.ZIP_STORED:
+        if info.file_size != info.compress_size or info.header_offset + info.file_size > size:
+            raise Damaged(f"{member} claims {info.file_size:,} bytes, more than the file holds")
+    elif info.compress_type == zipfile.ZIP_DEFLATED:
+        if info.file_size > DEFLATE_RATIO * info.compress_size + 2**16:
+            raise Damaged(f"{member} claims {info.file_size:,} bytes from {info.compress_size:,}")
+    else:
+        raise Damaged(f"{member} is compressed with zip method {info.compress_type}")
+    fmt = np.lib.format
+    with z.open(info) as m:
+        version = fmt.read_magic(m)
+        if version not in ((1, 0), (2, 0)):
+            raise Damaged(f"{member} is .npy version {version}, not 1.0 or 2.0")
+        read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, fortran, dtype = read(m)
+        start = m.tell()
+    if dtype.hasobject:
+        raise Damaged(f"{member} holds Python objects, which are never loaded")
+    claimed = math.prod(shape) * dtype.itemsize
+    if claimed != info.file_size - start:
+        raise Damaged(
+            f"{member}'s header claims {dtype} {shape} ({claimed:,} bytes) but it holds "
+            f"{info.file_size - start:,} bytes"
+        )
+    return info, shape, fortran, dtype, start
+
+
+def _check_layout(heads: dict, image_shape: tuple | None) -> int:
+    """Refuse headers that disagree with each other or with the pool; the number of images."""
+    ids = heads["ids"][1]
+    if len(ids) != 1 or not 0 < ids[0] <= MAX_IMAGES:
+        raise Damaged(f"its ids header claims shape {ids}; a shard holds 1..{MAX_IMAGES:,} ids")
+    n = ids[0]
+    for member, (_, shape, _, dtype, _) in heads.items():
+        if member == "rows":  # the shard's manifest rows, as JSON bytes
+            ok, want = len(shape) == 1 and shape[0] <= n * MAX_ROW_BYTES, f"at most {n} rows"
+        elif member == "images":
+            want = (n, *image_shape) if image_shape else f"({n}, H, W[, C])"
+            ok = shape == want if image_shape else len(shape) in (3, 4) and shape[0] == n
+        else:
+            ok, want = shape == (n,), (n,)
+        if not ok:
+            holds = f"; the pool holds {image_shape} images" if member == "images" else ""
+            raise Damaged(f"its {member} are {shape}, not {want}{holds}")
+        if dtype != np.uint8 if member in ("images", "rows") else dtype.kind not in "iu":
+            raise Damaged(f"its {member} are {dtype}, not what a pool writes")
+    return n
+
+
+def _members(f: IO, names: tuple[str, ...], image_shape) -> tuple[zipfile.ZipFile, dict, int]:
+    """The open archive, the checked headers of its members `names`, and its image count."""
+    size = os.fstat(f.fileno()).st_size
+    z = zipfile.ZipFile(f)
+    heads = {m: _header(z, size, f"{m}.npy") for m in names}
+    return z, heads, _check_layout(heads, image_shape)
+
+
+def read_shard(f: IO, image_shape: tuple | None, images: bool = True, num_classes=None):
+    """(images or None, ids, labels, rows) of an open shard file, headers checked first."""
+    names = ("ids", "labels", "rows", *(("images",) if images else ()))
+    z, heads, n = _members(f, names, image_shape)
+    with z:
+        arrays = {}
+        for m, (info, *_) in heads.items():
+            with z.open(info) as member:
+                arrays[m] = np.lib.format.read_array(member, allow_pickle=False)
+    labels = arrays["labels"].astype(np.int64)
+    if labels.min() < 0 or (num_classes is not None and labels.max() >= num_classes):
+        raise Damaged(f"its labels leave 0..{(num_classes or 1) - 1}")
+    rows = json.loads(bytes(arrays["rows"]).decode())
+    if not (isinstance(rows, list) and len(rows) == n and all(isinstance(r, dict) for r in rows)):
+        raise Damaged(f"its rows are not {n} JSON objects")
+    return arrays.get("images"), arrays["ids"].astype(np.int64), labels, rows
+
+
+def memmap_images(f: IO, image_shape: tuple) -> np.ndarray:
+    """A shard's images memory-mapped in place (read whole when compressed), headers checked.
 
     `np.savez` stores members uncompressed (ZIP_STORED): the member's bytes are a plain .npy
     file at a fixed offset, after the zip local header whose name and extra lengths vary.
     """
-    with zipfile.ZipFile(path) as z:
-        info = z.getinfo(member)
-    if info.compress_type != zipfile.ZIP_STORED:
-        return None
-    with open(path, "rb") as f:
-        f.seek(info.header_offset)
-        local = f.read(30)  # the fixed part of the local file header
-        name_len, extra_len = (int.from_bytes(local[i : i + 2], "little") for i in (26, 28))
-        f.seek(info.header_offset + 30 + name_len + extra_len)
-        fmt = np.lib.format
-        version = fmt.read_magic(f)
-        read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-        shape, fortran, dtype = read(f)
-        offset = f.tell()
-    return np.memmap(path, dtype, "r", offset, shape, "F" if fortran else "C")
+    z, heads, _ = _members(f, ("ids", "images"), image_shape)
+    info, shape, fortran, dtype, start = heads["images"]
+    with z:
+        if info.compress_type != zipfile.ZIP_STORED:  # a compressed shard (written by hand)
+            with z.open(info) as member:
+                return np.lib.format.read_array(member, allow_pickle=False)
+    f.seek(info.header_offset)
+    local = f.read(30)  # the fixed part of the local file header
+    if local[:4] != b"PK\x03\x04":
+        raise Damaged("images.npy has no local zip header where the directory says")
+    name_len, extra_len = (int.from_bytes(local[i : i + 2], "little") for i in (26, 28))
+    offset = info.header_offset + 30 + name_len + extra_len + start
+    return np.memmap(f, dtype, "r", offset, shape, "F" if fortran else "C")
 
 
-def shard_images(path: Path, count: int, corrupt) -> np.ndarray:
-    """One shard's (count, H, W[, C]) uint8 images, memory-mapped in place; damage -> one line."""
+def read_header(root: Path) -> dict:
+    """Check the pool folder's entries (regular files and folders only); pool.json's meta."""
+    path, err = root / "pool.json", f"pool at {root}:"
+    if not check_regular(path):
+        raise DeliberateError(
+            f"{root} is not a pool directory (no pool.json); create one with Pool.create"
+        )
+    for name in ("manifest.jsonl", ".lock", *(p.name for p in root.glob(".*.tmp"))):
+        check_regular(root / name)
+    for folder in (root / "shards", root / "staging"):
+        if check_folder(folder):
+            for entry in os.scandir(folder):
+                check_regular(entry.path)
     try:
-        images = _npz_member_memmap(path, "images.npy")
-        if images is None:  # a compressed shard (written by hand): load it whole
-            with np.load(path, allow_pickle=False) as z:
-                images = z["images"]
-    except LOAD_ERRORS as e:
-        raise corrupt(path.name, _one_line(e)) from e
-    if len(images) != count or images.dtype != np.uint8:
-        raise corrupt(path.name, f"{len(images)} images, the manifest says {count}")
-    return images
+        header = json.loads(read_inside(root, "pool.json", MAX_ROW_BYTES))
+    except (OSError, ValueError) as e:
+        raise DeliberateError(f"{err} pool.json is unreadable ({_one_line(e)}); restore it") from e
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise DeliberateError(f"{path} is not a deliberate pool header; check the path")
+    if header.get("version") != VERSION:
+        raise DeliberateError(
+            f"{err} format version {header.get('version')} is not {VERSION}; upgrade"
+        )
+    if not isinstance(header.get("meta"), dict):
+        raise DeliberateError(f"{err} pool.json holds no meta mapping; restore it")
+    return check_meta(header["meta"], root)
+
+
+def read_manifest(root: Path) -> tuple[list[dict], list[int]]:
+    """Manifest rows up to the first damaged line (ids must count up from 0), with their end
+    offsets; lines are read one at a time, and one over MAX_ROW_BYTES is refused."""
+    rows: list[dict] = []
+    ends: list[int] = []
+    if not check_regular(root / "manifest.jsonl"):
+        return rows, ends
+    with open_inside(root, "manifest.jsonl") as f:
+        while line := f.readline(MAX_ROW_BYTES + 1):
+            if len(line) > MAX_ROW_BYTES:
+                raise DeliberateError(
+                    f"pool at {root} is damaged: manifest.jsonl line {len(rows) + 1} is over "
+                    f"{MAX_ROW_BYTES:,} bytes, which no row is; delete manifest.jsonl (every shard "
+                    "holds its rows) and re-run"
+                )
+            row = None
+            with contextlib.suppress(ValueError):
+                row = json.loads(line)
+            if not line.endswith(b"\n") or not isinstance(row, dict) or row.get("id") != len(rows):
+                break  # a writer died mid-line (or worse): re-derive the rest from the shards
+            rows.append(row)
+            ends.append((ends[-1] if ends else 0) + len(line))
+    return rows, ends
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int | np.integer) and not isinstance(x, bool | np.bool_)
+
+
+def check_meta(meta: Mapping[str, Any], root: Path) -> dict:
+    """Validate pool meta (image_shape, class_names, num_classes) and return it as plain JSON."""
+    where = f"pool meta for {root}"
+    try:
+        meta = json.loads(_dumps(dict(meta)))
+    except (TypeError, ValueError) as e:
+        raise DeliberateError(f"{where} is not JSON-serialisable ({_one_line(e)})") from e
+    shape, names = meta.get("image_shape"), meta.get("class_names")
+    shape_ok = isinstance(shape, list) and len(shape) in (2, 3)
+    if shape is not None and not (shape_ok and all(_is_int(s) and s > 0 for s in shape)):
+        raise DeliberateError(f"{where}: image_shape must be [H, W] or [H, W, C], got {shape!r}")
+    if names is not None and not (isinstance(names, list) and all(type(s) is str for s in names)):
+        raise DeliberateError(f"{where}: class_names must be a list of strings")
+    n = meta.get("num_classes")
+    if n is not None and (not isinstance(n, int) or n <= 0 or (names and n != len(names))):
+        raise DeliberateError(f"{where}: num_classes={n!r} must be positive and match class_names")
+    return meta
 
 
 class PoolImages:
-    """A pool's images by id, as a read-only lazy array (see `Pool.images_view`)."""
+    """A pool's images by id, as a read-only lazy array (see `Pool.images_view`).
 
-    def __init__(self, shards: list[tuple[Path, int, int]], n: int, shape, corrupt):
+    `load(name, count)` returns shard `name`'s images (memory-mapped), refusing a shard that
+    does not hold `count` of them."""
+
+    def __init__(self, shards: list[tuple[str, int, int]], n: int, shape,
+                 load: Callable[[str, int], np.ndarray]):  # fmt: skip
         self._shards, self._n, self.shape = shards, n, (n, *shape)
         self._firsts = np.array([first for _, first, _ in shards], np.int64)
         self._maps: dict[int, np.ndarray] = {}
-        self._corrupt = corrupt
+        self._load = load
         self.dtype = np.dtype(np.uint8)
 
     def __len__(self) -> int:
@@ -65,8 +237,8 @@ class PoolImages:
 
     def _shard(self, j: int) -> np.ndarray:
         if j not in self._maps:
-            path, _, count = self._shards[j]
-            self._maps[j] = shard_images(path, count, self._corrupt)
+            name, _, count = self._shards[j]
+            self._maps[j] = self._load(name, count)
         return self._maps[j]
 
     def __getitem__(self, idx) -> np.ndarray:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from deliberate.data.files import inside
 from deliberate.errors import DeliberateError
 
 # ---------------------------------------------------------------------------------- loading
@@ -72,7 +73,7 @@ def expand_dirs(paths) -> list[Path]:
     for p in map(Path, paths):
         if (p / "sweep.json").exists():
             points = json.loads((p / "sweep.json").read_text())["points"]
-            out += [p / r["dir"] for r in points]
+            out += [inside(p, r["dir"], "sweep point") for r in points]  # never outside p
         elif (p / "config.yaml").exists():
             out.append(p)
         else:
