@@ -18,7 +18,7 @@ from deliberate.cli import main
 from deliberate.data.pool import Pool
 
 CLASSES = ("cat", "dog", "zebra crossing")  # any folder names: a space sorts and survives
-TINY_GEN = ["model.image_size=16", "model.block_out_channels=[16]", "model.norm_num_groups=4",
+TINY_GEN = ["model.block_out_channels=[16]", "model.norm_num_groups=4",
             "model.layers_per_block=1", "train.steps=4", "train.batch_size=8",
             "train.warmup_steps=1", "train.sample_every=0", "train.checkpoint_every=2"]  # fmt: skip
 TINY_DP = ["learner.iterations=40", "learner.batch_size=16", "learner.ema_decay=0.9",
@@ -47,20 +47,21 @@ def sets(items: list[str]) -> list[str]:
     return [f"--set={s}" for s in items]
 
 
-def train_generator(tmp_path: Path, data: Path, extra=()) -> Path:
+def train_generator(tmp_path: Path, data: Path, extra=("model.image_size=16",)) -> Path:
     args = ["train-generator", "imagefolder/generator", "--out", str(tmp_path / "gen"), "--quiet",
             *sets([f"data.imagefolder.root={data}", *TINY_GEN, *extra])]  # fmt: skip
     assert main(args) == 0
     return tmp_path / "gen" / "generator"
 
 
-@pytest.mark.parametrize("mode,channels", [("RGB", 3), ("L", 1)])
-def test_the_three_commands(tmp_path, mode, channels):
+@pytest.mark.parametrize("mode,channels,size", [("RGB", 3, 32), ("L", 1, 16)])
+def test_the_three_commands(tmp_path, mode, channels, size):
     data = make_folder(tmp_path / "data", mode)
-    gen = train_generator(tmp_path, data, [f"model.image_channels={channels}"])
+    gen = train_generator(tmp_path, data, [f"model.image_channels={channels}",
+                                           f"model.image_size={size}"])  # fmt: skip
     meta = json.loads((gen / "deliberate.json").read_text())
     assert meta["class_names"] == list(CLASSES) and meta["image_channels"] == channels
-    assert meta["unshuffle"] == 2  # auto: 16 px -> the UNet sees 8x8
+    assert meta["unshuffle"] == size // 8  # auto: the UNet sees 8x8 (32 px -> 4, 16 px -> 2)
     # The run never reads train/: it works with the generator's training images gone.
     shutil.rmtree(data / "train")
     for preset in ("imagefolder/dp", "imagefolder/static"):
@@ -70,7 +71,7 @@ def test_the_three_commands(tmp_path, mode, channels):
         assert main(args) == 0
         pool = Pool(out / "pool")
         assert len(pool) == 60 and pool.class_names == list(CLASSES)
-        assert tuple(pool.image_shape) == ((16, 16) if channels == 1 else (16, 16, 3))
+        assert tuple(pool.image_shape) == ((size, size) if channels == 1 else (size, size, 3))
         summary = json.loads((out / "summary.json").read_text())
         assert 0 <= summary["test_acc"] <= 1 and summary["shifted"] == {}
     rounds = {r["round"] for r in Pool(tmp_path / "dp" / "pool").records()}
@@ -146,7 +147,7 @@ def test_bad_folders_are_one_line_and_nothing_written(tmp_path, capsys, trained,
     root = f"--set=data.imagefolder.root={data}"
     if command == "gen":
         argv = ["train-generator", "imagefolder/generator", "--out", str(tmp_path / "gen"), root,
-                *sets(TINY_GEN)]  # fmt: skip
+                *sets([*TINY_GEN, "model.image_size=16"])]  # fmt: skip
     else:
         argv = ["run", "imagefolder/dp", "--out", str(tmp_path / "dp"), root,
                 f"--set=generator.path={trained}", *sets(TINY_DP + SIZES["imagefolder/dp"])]  # fmt: skip
