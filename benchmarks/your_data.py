@@ -12,7 +12,7 @@ The user's path of docs/your-data.md, on real data a package installable here sh
 
     python benchmarks/your_data.py --out runs/digits [--seeds 0 1 2] [--threads 1]
 
-Prints a markdown table (for BENCHMARKS.md). Needs scikit-learn (pip install scikit-learn).
+Prints a markdown table (for BENCHMARKS.md). Needs scikit-learn: pip install -e ".[bench]".
 Everything resumes: re-running skips what is done.
 """
 
