@@ -201,6 +201,7 @@ class Run:
         }
         self.trainer, self.state, self.sampler = Trainer(net.to(cfg.device), tc), LoopState(), None
         self.checkpointed_at = 0  # the step of the last checkpoint (practice.checkpoint_every)
+        self.sink = None  # a TensorBoardSink (the main run only), fed the metrics rows
 
     def load(self, ckpt: dict) -> None:
         """Take trainer, loop state and RNG from a checkpoint; writes nothing, so it doubles as
@@ -330,6 +331,8 @@ class Run:
             )
             if distributed.is_main():
                 self.rd.append_metrics(row)
+                if self.sink is not None:
+                    self.sink.add(row, self.tag)
             st.evals += 1
             bar.set_postfix(pool=st.pool_size, val=f"{row['val_acc']:.3f}", T=st.patience)
             faults.point("metrics.appended")
@@ -345,9 +348,12 @@ class Run:
         distributed.barrier()  # rank 0's last metrics row is on disk before anyone reads it
 
 def run_practice(
-    cfg: PracticeConfig, out_dir: str | Path, progress: bool = True, callback=None
+    cfg: PracticeConfig, out_dir: str | Path, progress: bool = True, callback=None,
+    tensorboard: str | Path | None = None,
 ) -> dict:
     """Run (or resume) Algorithm 1 in `out_dir`; returns a summary of the final learner.
+
+    `tensorboard`: a folder that also gets every metrics row as TensorBoard scalars.
 
     `callback(event, info)` is called after each metrics row ("eval", before the checkpoint) and
     before each sampling batch ("sample"); an exception it raises stops the run like a crash.
@@ -363,6 +369,10 @@ def run_practice(
         split, classes = load_split(cfg.data, cfg.data_dir, backend.image_shape)
         c, h, w = backend.image_shape
         check_fits(backend, split)  # all checks before the first byte is written
+        if tensorboard is not None:
+            from deliberate.tensorboard import TensorBoardSink, writer_class
+
+            writer_class()  # installed, or one line now
         faults.ensure_free_space(out_dir, cfg.practice.initial * (c * h * w + 1024), "round 0")
         with distributed.main_first():  # rank 0 writes config.yaml; the others check theirs
             rd.claim(to_dict(cfg), clean=False, defaults=to_dict(type(cfg)()))  # checks the tree
@@ -381,7 +391,13 @@ def run_practice(
                 f"{pool.root} holds {len(pool)} images but this run had {main.state.pool_size}: "
                 "a shard file was deleted; restore it (shards carry their own manifest rows)"
             )
-        main.loop(grow=True)
+        if tensorboard is not None and distributed.is_main():  # rows past the checkpoint replay
+            main.sink = TensorBoardSink(tensorboard, purge_step=main.trainer.step_count + 1)
+        try:
+            main.loop(grow=True)
+        finally:
+            if main.sink is not None:
+                main.sink.close()
         outs = [branches.finish_branch_out(main, *fork) for fork in main.state.forks]
         budgets = branches.budget_results(main) if cfg.learner.budgets else []
         prefixes = [branches.finish_prefix(main, n) for n in sorted(cfg.practice.prefixes)]

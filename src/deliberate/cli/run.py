@@ -25,7 +25,8 @@ def cmd_run(args) -> int:
         if not config.is_file():
             raise DeliberateError(f"{args.out} holds no run to resume; give a CONFIG file")
     cfg = load_config(PracticeConfig, config, args.set)
-    s = run_practice(cfg, args.out, progress=not args.quiet)  # under torchrun: on every rank
+    s = run_practice(cfg, args.out, progress=not args.quiet,
+                     tensorboard=args.tensorboard)  # under torchrun: on every rank
     if not distributed.is_main():
         return 0  # rank 0 prints the result
     pct = lambda v: "n/a" if v is None else f"{100 * v:.2f} %"  # noqa: E731
@@ -72,6 +73,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="run folder (created or resumed)")
     add_set_argument(p, "practice.patience=3")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--tensorboard", metavar="TB_DIR", default=None,
+                   help="also write the metrics rows as TensorBoard scalars (a live view)")
     p.set_defaults(func=cmd_run)
 
     p = subparsers.add_parser(
