@@ -268,6 +268,16 @@ class Run:
         images = self.pool.images_view(self.limit)  # memory-mapped: the pool never sits in RAM
         n = len(images)
         rounds_ = np.array([r["round"] for r in self.pool.records()])[:n]
+        lrn, tr = self.cfg.learner, self.trainer
+        if lrn.loader == "workers":  # batches keyed by (seed, step), read ahead by workers
+            from deliberate.loader import LoaderSampler
+
+            return LoaderSampler(
+                images, self.pool.labels()[:n], rounds_, self.cfg.practice.new_data_weight,
+                seed=self.cfg.seed, batch_size=tr.cfg.batch_size, part=tr.part,
+                start=tr.step_count, stop=tr.cfg.iterations, workers=lrn.workers,
+                pin_memory=self.cfg.device == "cuda",
+            )  # fmt: skip
         return pool_sampler(images, self.pool.labels()[:n], rounds_,
                             self.cfg.practice.new_data_weight)  # fmt: skip
 

@@ -135,6 +135,13 @@ class LearnerSettings(Recipe):
         "shorter iteration budgets, each cooled down from this run's stable phase (one WSD "
         "branch per budget, docs/experiments.md); warm-up is warmup_frac of the shortest",
     )
+    loader: str = field(
+        "inline", "inline: batches drawn in the training process from the trainer's RNG; "
+        "workers: a DataLoader whose batches depend on (seed, step) only (deliberate.loader)",
+        choices=("inline", "workers"),
+    )  # fmt: skip
+    workers: int = field(0, "DataLoader worker processes with loader: workers (0: in process)",
+                         ge=0, le=256)  # fmt: skip
 
     def validate(self) -> None:
         super().validate()
