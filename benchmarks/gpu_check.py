@@ -1,5 +1,7 @@
-"""GPU check of the paper-scale path: SD-1.5 plain vs entropy-guided sampling, ViT-B/16 training
-with bf16 autocast, and the run checkpoint's write; ≤ 8 minutes on one H100/H200, no downloads.
+"""GPU check of the paper-scale path, in at most 8 minutes on one H100/H200 with no downloads.
+
+It times SD-1.5 plain vs entropy-guided sampling, ViT-B/16 training with bf16 autocast, and the
+write of a run checkpoint:
 
 * Sampling. UNet, VAE and CLIP text encoder in SD-1.5's exact architecture with random weights
   (speed does not depend on the weights; `sd15` of benchmarks/latent_speed.py) behind
@@ -21,7 +23,7 @@ size or repeat that would not fit is skipped and the output says so. Prints mark
 BENCHMARKS.md and one JSON line. docs/paper-scale.md, "GPU check", says what to do with them.
 
   python benchmarks/gpu_check.py [--device cuda] [--out gpu.json]
-  python benchmarks/gpu_check.py --tiny   # the same code on CPU: tiny models, float32 (a test)
+  python benchmarks/gpu_check.py --tiny [--device cpu]   # tiny models, the same code (a test)
 """
 
 from __future__ import annotations
@@ -279,12 +281,13 @@ def tables(res: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--tiny", action="store_true", help="tiny models on the CPU (a smoke run)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="cuda (the default where there is one) or cpu (with --tiny)")  # fmt: skip
+    ap.add_argument("--tiny", action="store_true", help="tiny models, the same code (a smoke run)")
     ap.add_argument("--batches", type=lambda v: [int(b) for b in v.split(",")],
                     help="sampling batch sizes (default 4,8,16; --tiny 2)")  # fmt: skip
     ap.add_argument("--repeats", type=int, help="timed runs per measurement (default 3; --tiny 1)")
-    ap.add_argument("--budget", type=float, default=420.0, help="seconds for all three sections")
+    ap.add_argument("--budget", type=float, default=420.0, help="seconds for the 3 sections")
     ap.add_argument("--scratch", default=tempfile.gettempdir(), help="folder for the checkpoints")
     ap.add_argument("--out", help="also write the JSON line to this file")
     args = ap.parse_args()

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # one subprocess run: about 35 s on the loaded 2-core machine
 
 
 @pytest.fixture(scope="module")
