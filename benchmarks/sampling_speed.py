@@ -61,9 +61,8 @@ def compare(backend, learner, sampler, guidance, batch, repeats):
 def tiny_sd():
     """A tiny Stable Diffusion backend (16 px) and the small CNN learner (random weights)."""
     sys.path.insert(0, str(Path(__file__).parent))
-    from latent_speed import sd15, tokenizer
-
     from deliberate.generators.latent import LatentSettings, StableDiffusionBackend
+    from latent_speed import sd15, tokenizer
 
     torch.manual_seed(0)
     unet, vae, text, sched = sd15(tiny=True)
