@@ -186,12 +186,26 @@ _Loader.yaml_implicit_resolvers = {
 }
 _Loader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
 _Loader.add_constructor("tag:yaml.org,2002:binary", yaml.SafeLoader.construct_yaml_str)
+# A !!set is read as the mapping it is written as (`{a, b}` is `{a: null, b: null}`), so a key
+# given one is refused by its type like any other mapping, never passed on as a Python set.
+_Loader.add_constructor("tag:yaml.org,2002:set", yaml.SafeLoader.construct_yaml_map)
+
+
+def _load(text: str):
+    """yaml.load with `_Loader`; a scalar its tag cannot build (`!!int x`, `!!float ''`,
+    `!!bool x`: ValueError, IndexError, KeyError inside PyYAML) is a yaml.YAMLError too."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    except (ValueError, IndexError, KeyError) as e:
+        raise yaml.constructor.ConstructorError(
+            problem=f"a tagged value cannot be read ({type(e).__name__}: {e})"
+        ) from None
 
 
 def load_yaml(text: str, where: str):
     """YAML text -> Python values with `_Loader`, refusing alias bombs (one line naming `where`);
     a syntax error is raised as yaml.YAMLError, for the caller to word (see `parse_yaml`)."""
-    data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    data = _load(text)
     _check_size(data, where)
     return data
 
@@ -199,7 +213,7 @@ def load_yaml(text: str, where: str):
 def parse_yaml(text: str, where: str):
     """YAML text -> Python values with `_Loader`; errors are one line naming `where`."""
     try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+        data = _load(text)
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
         at = f" at line {line + 1}" if line is not None else ""

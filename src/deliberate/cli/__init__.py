@@ -11,6 +11,7 @@ Nothing below this module exits the process.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from deliberate.errors import DeliberateError
@@ -39,6 +40,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except DeliberateError as e:
         print(f"deliberate: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk mid-write: every write is atomic or repaired on re-run
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = getattr(args, "out", None) or e.filename or "the output"
+        print(f"deliberate: error: the disk of {where} is full ({e.strerror}); everything "
+              "written so far is kept: free space, then re-run the same command", file=sys.stderr)  # fmt: skip
         return 2
     except Interrupted as e:  # SIGINT/SIGTERM honoured at a safe point
         print(f"deliberate: {e}", file=sys.stderr)

@@ -307,8 +307,13 @@ class Pool:
                 raise self._corrupt(name, f"images are {images.dtype}{images.shape}")
             span = slice(first, first + count)
             want = [list(range(first, first + count)), self._labels[span].tolist(), rows[span]]
-            if [ids.tolist(), labels.tolist(), shard_rows] != want:
-                raise self._corrupt(name, "its ids, labels or records disagree with the manifest")
+            if [ids.tolist(), labels.tolist()] != want[:2]:
+                raise self._corrupt(name, "its ids or labels disagree with the manifest")
+            if shard_rows != want[2]:  # the shard's own copy of its rows is checked on read
+                raise DeliberateError(
+                    f"pool at {self.root} is damaged: manifest.jsonl disagrees with {name}'s own "
+                    "rows; delete manifest.jsonl (every shard holds its rows) and re-run"
+                )
         return len(rows)
 
     def refresh(self) -> None:
@@ -359,14 +364,16 @@ class Pool:
             for i, r in enumerate(group):
                 label = r.get("label")
                 ok = ok and (r.get("id"), r.get("index")) == (pos + i, i) and _is_int(label)
-                ok = ok and 0 <= label < (self.num_classes or 2**62)
-            if ok and stop == len(rows):  # only the last shard listed can have lost rows
-                ok = len(self._load(names[j], images=False)[1]) == len(group)
+                ok = ok and 0 <= label < (self.num_classes or 2**62) and _is_int(r.get("seed"))
             if not ok:
                 break
             table.append((names[j], pos, len(group)))
             labels += [r["label"] for r in group]
             pos, keep = stop, ends[stop - 1]
+        # Only the last shard kept can have lost rows (a later row, torn or damaged, was cut).
+        if table and len(self._load(table[-1][0], images=False)[1]) != table[-1][2]:
+            _, pos, _ = table.pop()
+            labels, keep = labels[:pos], ends[pos - 1] if pos else 0
         payload = b""
         for name in names[len(table) :]:
             _, ids, shard_labels, shard_rows = self._load(name, images=False)
