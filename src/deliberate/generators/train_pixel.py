@@ -104,6 +104,19 @@ class _Checkpoint:
         self.path = out / "checkpoint"
 
     def save(self, backend, ema, opt, gen, step: int, config: dict) -> None:
+        """Write the checkpoint folder; a full disk or an I/O error is one line, and the
+        previous checkpoint stays in place (the new one is renamed in only once complete)."""
+        try:
+            self._save(backend, ema, opt, gen, step, config)
+        except (OSError, RuntimeError) as e:  # torch.save reports ENOSPC as a RuntimeError
+            shutil.rmtree(self.path.with_name("checkpoint.tmp"), ignore_errors=True)
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise DeliberateError(
+                f"cannot write the generator checkpoint in {self.path.parent} ({why}); free "
+                "disk space, then re-run the same command to resume from the last checkpoint"
+            ) from None
+
+    def _save(self, backend, ema, opt, gen, step: int, config: dict) -> None:
         tmp = self.path.with_name("checkpoint.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
