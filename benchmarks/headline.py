@@ -115,6 +115,8 @@ def ratios(grid, chosen, seed=None) -> dict:
     curves = {m: [(pool(m, n, chosen[m][n][0]), test(m, n, chosen[m][n][0])) for n in chosen[m]]
               for m in chosen}  # fmt: skip
     curves = {m: [(n, a) for n, a in c if a is not None] for m, c in curves.items()}
+    if not curves["static"] or not curves["DP"]:  # a seed that only one method has finished
+        return None
     static, dp = envelope(curves["static"]), envelope(curves["DP"])
     best_static_n, best_static = max(curves["static"], key=lambda p: (p[1], -p[0]))
     need = reaching(dp, best_static)
@@ -182,12 +184,15 @@ def main() -> None:
     r = ratios(grid, chosen)
     all_seeds = sorted({s for m in chosen for _, seeds in chosen[m].values() for s in seeds})
     per_seed = {s: ratios(grid, chosen, s) for s in all_seeds}
+    partial = sorted(s for s, p in per_seed.items() if p is None)
+    per_seed = {s: p for s, p in per_seed.items() if p is not None}
 
     def spread(key):
         vals = [p[key] for p in per_seed.values() if p[key] is not None]
         missing = len(per_seed) - len(vals)
         text = ", ".join(f"{v:.2f}x" for v in vals) or "none"
-        return text + (f" ({missing} seed(s): not reached)" if missing else "")
+        text += f" ({missing} seed(s): not reached)" if missing else ""
+        return text + (f" (seed(s) {partial}: one method unfinished)" if partial else "")
 
     n, a = r["best_static"]
     print(f"\n(a) images: best static {100 * a:.2f} % at {n:,} images.")
