@@ -151,7 +151,7 @@ def read_header(root: Path) -> dict:
         )
     for name in ("manifest.jsonl", ".lock", *(p.name for p in root.glob(".*.tmp"))):
         check_regular(root / name)
-    for folder in (root / "shards", root / "staging"):
+    for folder in (root / "shards", root / "staging", root / "columns"):
         if check_folder(folder):
             for entry in os.scandir(folder):
                 check_regular(entry.path)

@@ -1,0 +1,187 @@
+"""The manifest as fixed-width columns: per shard a small npz under columns/ (a cache of what that
+shard's rows say, stamped with the shard's size and zip CRCs), and the in-memory view over all
+shards that `Pool.column(name)` reads, appended shard by shard.
+
+The shards stay the truth: a column file that is missing, damaged or stamped for other shard
+bytes is rebuilt from the shard's rows. Numbers are exact (a row's value must fit its column's
+type: an integer column takes ints or integral floats, as learner scores are written); a row that
+lacks a key holds the column's `missing` value (-1, NaN or ''), as the npz export writes them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from collections.abc import Mapping, Sequence
+from typing import IO
+
+import numpy as np
+
+from deliberate.data.shards import MAX_ROW_BYTES, Damaged, _header
+
+# name: (dtype, what a row without the key holds); label and seed are in every row.
+NUMERIC: dict[str, tuple[type, object]] = {
+    "label": (np.int64, None), "seed": (np.int64, None), "round": (np.int32, -1),
+    "omega": (np.float64, np.nan), "entropy": (np.float64, np.nan),
+    "learner_pred": (np.int32, -1), "guidance_skipped": (np.int32, -1),
+}  # fmt: skip
+STRINGS = ("fingerprint", "guide")  # few distinct values: codes into a table of them
+NAMES = (*NUMERIC, *STRINGS)
+_META = ("stamp", "first", "nbytes", "present")  # shard bytes; first id; manifest bytes; keys seen
+_MEMBERS = (*NUMERIC, *STRINGS, *(f"{s}_values" for s in STRINGS), *_META)
+
+
+def _fits(v: object, dtype: type) -> bool:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return False
+    if np.dtype(dtype).kind == "f":
+        return True
+    info = np.iinfo(dtype)
+    return (isinstance(v, int) or v.is_integer()) and info.min <= v <= info.max
+
+
+def shard_columns(rows: Sequence[Mapping], first: int, nbytes: int, stamp) -> dict:
+    """One shard's columns from its manifest rows; a value its column cannot hold -> Damaged."""
+    out: dict[str, np.ndarray] = {}
+    for name, (dtype, missing) in NUMERIC.items():
+        values = [r.get(name, missing) for r in rows]
+        bad = next((i for i, v in enumerate(values) if not _fits(v, dtype)), None)
+        if bad is not None:
+            raise Damaged(f"row {first + bad} has {name}={values[bad]!r}, not a {dtype.__name__}")
+        out[name] = np.array(values, dtype)
+    for name in STRINGS:
+        values = [r.get(name, "") for r in rows]
+        if bad := [v for v in values if not isinstance(v, str)]:
+            raise Damaged(f"a row has {name}={bad[0]!r}, not a string")
+        table, codes = np.unique(np.array(values, dtype=str), return_inverse=True)
+        out[name], out[f"{name}_values"] = codes.astype(np.int32), table
+    out["stamp"] = np.asarray(stamp, np.int64)
+    out["first"], out["nbytes"] = np.array([first], np.int64), np.array([nbytes], np.int64)
+    out["present"] = np.array([any(n in r for r in rows) for n in NAMES], np.uint8)
+    return out
+
+
+def shard_stamp(f: IO) -> list[int]:
+    """What a column file is checked against: the shard's size and the zip CRC32 of its ids,
+    labels and rows (read from the zip directory, so the members themselves are not read)."""
+    with zipfile.ZipFile(f) as z:
+        crcs = [z.getinfo(f"{m}.npy").CRC for m in ("ids", "labels", "rows")]
+    return [os.fstat(f.fileno()).st_size, *crcs]
+
+
+def write_columns(f: IO, cols: Mapping[str, np.ndarray]) -> None:
+    np.savez(f, **cols)
+
+
+def read_columns(f: IO, stamp: list[int], first: int) -> dict | None:
+    """A shard's column file, or None when it is damaged or was not built from these bytes."""
+    try:
+        size = os.fstat(f.fileno()).st_size
+        with zipfile.ZipFile(f) as z:
+            cols = {}
+            for m in _MEMBERS:
+                info = _header(z, size, f"{m}.npy")[0]
+                with z.open(info) as member:
+                    cols[m] = np.lib.format.read_array(member, allow_pickle=False)
+    except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile):
+        return None
+    n = len(cols["label"])
+    ok = cols["stamp"].tolist() == stamp and cols["first"].tolist() == [first] and n > 0
+    ok = ok and len(cols["present"]) == len(NAMES) and cols["nbytes"].shape == (1,)
+    for name, (dtype, _) in NUMERIC.items():
+        ok = ok and cols[name].dtype == dtype and cols[name].shape == (n,)
+    for name in STRINGS:
+        codes, table = cols[name], cols[f"{name}_values"]
+        ok = ok and codes.dtype == np.int32 and codes.shape == (n,) and table.dtype.kind == "U"
+        ok = ok and table.ndim == 1 and 0 <= codes.min() and codes.max() < len(table)
+    return cols if ok else None
+
+
+def _row_at(f: IO, start: int) -> dict | None:
+    f.seek(start)
+    line = f.readline(MAX_ROW_BYTES + 1)
+    try:
+        row = json.loads(line) if line.endswith(b"\n") else None
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) else None
+
+
+def _last_start(f: IO, start: int, end: int) -> int:
+    """Where the line that ends at `end` begins (not before `start`), reading backwards."""
+    window = 4096
+    while True:
+        lo = max(start, end - 1 - window)
+        f.seek(lo)
+        cut = f.read(end - 1 - lo).rfind(b"\n")
+        if cut >= 0 or lo == start or window > MAX_ROW_BYTES:
+            return lo + cut + 1 if cut >= 0 else lo
+        window *= 4
+
+
+def whole_shards(f: IO, size: int, table: list[tuple[str, int, int]], cols: Columns) -> int:
+    """How many shards, from the first, have their rows whole in the manifest (open in `f`,
+    `size` bytes): each shard's bytes where its columns say, starting with its first row and
+    ending with its last. A shorter or longer line inside a shard moves its last row; a line
+    of the same length is found by `Pool.records`, which checks every row."""
+    label, seed, end = cols.codes("label"), cols.codes("seed"), 0
+    for j, (name, first, count) in enumerate(table):
+        start, end = end, end + cols.nbytes[j]
+        if end > size:
+            return j
+        for i, at in ((first, start), (first + count - 1, _last_start(f, start, end))):
+            want = {"id": i, "label": label[i], "seed": seed[i], "shard": name, "index": i - first}
+            row = _row_at(f, at)
+            if row is None or any(row.get(k) != v for k, v in want.items()):
+                return j
+        if f.tell() != end:  # the last row read ends where the shard's rows must
+            return j
+    return len(table)
+
+
+class Columns:
+    """Every shard's columns, held per shard and joined on first use after an append."""
+
+    def __init__(self):
+        self._chunks: dict[str, list[np.ndarray]] = {n: [] for n in NAMES}
+        self._tables: dict[str, dict[str, int]] = {n: {"": 0} for n in STRINGS}
+        self._present: set[str] = set()
+        self.firsts: list[int] = []  # each shard's first id
+        self.nbytes: list[int] = []  # each shard's manifest bytes
+
+    def add(self, cols: Mapping[str, np.ndarray]) -> None:
+        """Append one shard's columns (as `shard_columns` or `read_columns` return them)."""
+        for name in NUMERIC:
+            self._chunks[name].append(cols[name])
+        for name in STRINGS:
+            table = self._tables[name]
+            remap = np.array([table.setdefault(str(v), len(table)) for v in cols[f"{name}_values"]],
+                             np.int32)  # fmt: skip
+            self._chunks[name].append(remap[cols[name]])
+        self._present |= {n for n, p in zip(NAMES, cols["present"], strict=True) if p}
+        self.firsts.append(int(cols["first"][0]))
+        self.nbytes.append(int(cols["nbytes"][0]))
+
+    def codes(self, name: str) -> np.ndarray:
+        """Column `name` as stored: numbers, or a string column's codes into `table(name)`."""
+        chunks = self._chunks[name]
+        if len(chunks) != 1:  # join once; later appends add chunks after this one
+            dtype = np.int32 if name in STRINGS else NUMERIC[name][0]
+            chunks[:] = [np.concatenate(chunks) if chunks else np.empty(0, dtype)]
+        view = chunks[0].view()
+        view.flags.writeable = False  # the pool's own copy: callers get it read-only
+        return view
+
+    def table(self, name: str) -> np.ndarray:
+        return np.array(list(self._tables[name]), dtype=str)
+
+    def get(self, name: str) -> np.ndarray:
+        """Column `name` in id order (a string column decoded: '' where a row lacks it)."""
+        if name in STRINGS:
+            return self.table(name)[self.codes(name)]
+        return self.codes(name)
+
+    def present(self) -> list[str]:
+        """The columns at least one row has, in NAMES order."""
+        return [n for n in NAMES if n in self._present]
