@@ -266,7 +266,7 @@ class Run:
         """Minibatches from the pool (its first `limit` images in a branch), read from disk."""
         images = self.pool.images_view(self.limit)  # memory-mapped: the pool never sits in RAM
         n = len(images)
-        rounds_ = np.array([r["round"] for r in self.pool.records()])[:n]
+        rounds_ = self.pool.column("round")[:n]
         return pool_sampler(images, self.pool.labels()[:n], rounds_,
                             self.cfg.practice.new_data_weight)  # fmt: skip
 

@@ -14,11 +14,12 @@ import json
 import os
 import zipfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import IO
 
 import numpy as np
 
-from deliberate.data.shards import MAX_ROW_BYTES, Damaged, _header
+from deliberate.data.shards import MAX_ROW_BYTES, Damaged, _header, row_too_long
 
 # name: (dtype, what a row without the key holds); label and seed are in every row.
 NUMERIC: dict[str, tuple[type, object]] = {
@@ -28,7 +29,7 @@ NUMERIC: dict[str, tuple[type, object]] = {
 }  # fmt: skip
 STRINGS = ("fingerprint", "guide")  # few distinct values: codes into a table of them
 NAMES = (*NUMERIC, *STRINGS)
-_META = ("stamp", "first", "nbytes", "present")  # shard bytes; first id; manifest bytes; keys seen
+_META = ("stamp", "first", "nbytes", "present")  # shard's CRCs; first id; manifest bytes; keys
 _MEMBERS = (*NUMERIC, *STRINGS, *(f"{s}_values" for s in STRINGS), *_META)
 
 
@@ -63,11 +64,12 @@ def shard_columns(rows: Sequence[Mapping], first: int, nbytes: int, stamp) -> di
 
 
 def shard_stamp(f: IO) -> list[int]:
-    """What a column file is checked against: the shard's size and the zip CRC32 of its ids,
-    labels and rows (read from the zip directory, so the members themselves are not read)."""
+    """What a column file is checked against: the zip CRC32 and size of the shard's ids, labels
+    and rows, read from the zip directory (the members themselves are not read). The images are
+    not in it: columns never depend on them."""
     with zipfile.ZipFile(f) as z:
-        crcs = [z.getinfo(f"{m}.npy").CRC for m in ("ids", "labels", "rows")]
-    return [os.fstat(f.fileno()).st_size, *crcs]
+        infos = [z.getinfo(f"{m}.npy") for m in ("ids", "labels", "rows")]
+    return [v for info in infos for v in (info.CRC, info.file_size)]
 
 
 def write_columns(f: IO, cols: Mapping[str, np.ndarray]) -> None:
@@ -94,13 +96,18 @@ def read_columns(f: IO, stamp: list[int], first: int) -> dict | None:
     for name in STRINGS:
         codes, table = cols[name], cols[f"{name}_values"]
         ok = ok and codes.dtype == np.int32 and codes.shape == (n,) and table.dtype.kind == "U"
-        ok = ok and table.ndim == 1 and 0 <= codes.min() and codes.max() < len(table)
+        ok = ok and table.ndim == 1 and codes.min() >= 0 and codes.max() < len(table)
     return cols if ok else None
 
 
-def _row_at(f: IO, start: int) -> dict | None:
+def _row_at(f: IO, start: int, root: Path) -> dict | None:
+    """The manifest row that starts at byte `start`: None if it is not a whole JSON object."""
     f.seek(start)
     line = f.readline(MAX_ROW_BYTES + 1)
+    if len(line) > MAX_ROW_BYTES:
+        f.seek(0)
+        before = sum(f.read(min(2**20, start - i)).count(b"\n") for i in range(0, start, 2**20))
+        raise row_too_long(root, before + 1)
     try:
         row = json.loads(line) if line.endswith(b"\n") else None
     except ValueError:
@@ -120,7 +127,8 @@ def _last_start(f: IO, start: int, end: int) -> int:
         window *= 4
 
 
-def whole_shards(f: IO, size: int, table: list[tuple[str, int, int]], cols: Columns) -> int:
+def whole_shards(f: IO, size: int, table: list[tuple[str, int, int]], cols: Columns,
+                 root: Path) -> int:  # fmt: skip
     """How many shards, from the first, have their rows whole in the manifest (open in `f`,
     `size` bytes): each shard's bytes where its columns say, starting with its first row and
     ending with its last. A shorter or longer line inside a shard moves its last row; a line
@@ -132,12 +140,30 @@ def whole_shards(f: IO, size: int, table: list[tuple[str, int, int]], cols: Colu
             return j
         for i, at in ((first, start), (first + count - 1, _last_start(f, start, end))):
             want = {"id": i, "label": label[i], "seed": seed[i], "shard": name, "index": i - first}
-            row = _row_at(f, at)
+            row = _row_at(f, at, root)
             if row is None or any(row.get(k) != v for k, v in want.items()):
                 return j
         if f.tell() != end:  # the last row read ends where the shard's rows must
             return j
     return len(table)
+
+
+def disagreeing_shard(rows: list, table: list[tuple[str, int, int]], cols: Columns) -> int | None:
+    """The first shard whose manifest rows the columns contradict (None: all agree)."""
+    label, seed = cols.codes("label"), cols.codes("seed")
+    for j, (name, first, count) in enumerate(table):
+        for i in range(first, first + count):
+            r = rows[i] if i < len(rows) else None
+            want = {
+                "id": i,
+                "label": label[i],
+                "seed": seed[i],
+                "shard": name,
+                "index": i - first,
+            }
+            if not isinstance(r, dict) or any(r.get(k) != v for k, v in want.items()):
+                return j
+    return None
 
 
 class Columns:

@@ -25,6 +25,7 @@ from deliberate import faults
 from deliberate.data.columns import (
     NAMES,
     Columns,
+    disagreeing_shard,
     read_columns,
     shard_columns,
     shard_stamp,
@@ -33,7 +34,6 @@ from deliberate.data.columns import (
 from deliberate.data.columns import write_columns as _write_columns
 from deliberate.data.files import (
     _dumps,
-    _fsync_dir,
     _one_line,
     atomic_file,
     check_folder,
@@ -53,15 +53,12 @@ from deliberate.data.shards import (
     read_shard,
 )
 from deliberate.data.shards import LOAD_ERRORS as _LOAD_ERRORS
+from deliberate.data.staging import Staging, _shard_name
 from deliberate.errors import DeliberateError
 
 __all__ = ["Pool", "PoolImages", "atomic_file", "RESERVED"]
 
 RESERVED = ("id", "shard", "index")  # assigned by the pool, never by the caller
-
-
-def _shard_name(j: int) -> str:
-    return f"shard-{j:06d}.npz"
 
 
 def _write_header(root: Path, meta: dict) -> None:
@@ -70,7 +67,7 @@ def _write_header(root: Path, meta: dict) -> None:
         f.write((_dumps(header, indent=1) + "\n").encode())
 
 
-class Pool:
+class Pool(Staging):
     """An append-only pool of uint8 images with one manifest row per image; shards are the truth."""
 
     def __init__(self, root: str | Path):
@@ -168,74 +165,11 @@ class Pool:
             self._publish(name, payload, cols)
         return ids.tolist()
 
-    def stage(
-        self, images: np.ndarray, records: Sequence[Mapping[str, Any]], *, shard: int, first: int
-    ) -> None:
-        """Write a future shard (number `shard`, ids from `first`) to staging/, for `commit`.
-
-        Several processes may stage at once, each its own shards: readers see nothing until
-        `commit` moves a staged shard into the pool, so ids never depend on who finished first.
-        """
-        if self.image_shape is None:
-            raise self._err("stage needs image_shape in the pool meta; give it to Pool.create")
-        if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
-            raise self._err("staged images must be a uint8 array; use np.uint8 in 0..255")
-        if tuple(images.shape[1:]) != self.image_shape or len(records) != len(images):
-            raise self._err(
-                f"staged {images.shape} with {len(records)} records; the pool holds "
-                f"{self.image_shape} images, one record each"
-            )
-        name = _shard_name(shard)
-        rows = [self._row(first + i, name, i, r) for i, r in enumerate(records)]
-        self._columns(rows, first, name)  # refused now, not at commit
-        ids = np.arange(first, first + len(rows), dtype=np.int64)
-        labels = np.array([r["label"] for r in rows], np.int64)
-        packed = np.frombuffer(_dumps(rows).encode(), np.uint8)
-        if not check_folder(self._staging):
-            self._staging.mkdir()
-        with atomic_file(self._staging / name) as f:
-            np.savez(f, images=images, ids=ids, labels=labels, rows=packed)
-            faults.point("pool.shard_tmp_written")
-
-    def staged(self) -> dict[int, list[int]]:
-        """The complete staged shards: shard number -> the seeds of its images, in order."""
-        out = {}
-        staged = sorted(self._staging.glob("shard-*.npz")) if check_folder(self._staging) else []
-        for path in staged:
-            with contextlib.suppress(DeliberateError):  # unreadable: as good as absent
-                out[int(path.name[6:-4])] = [r["seed"] for r in self._load(path)[3]]
-        return out
-
-    def unstage(self, numbers: Iterable[int]) -> None:
-        """Delete these staged shards and any half-written staging file (no writer may be busy)."""
-        if check_folder(self._staging):
-            for path in [*(self._staging / _shard_name(n) for n in numbers),
-                         *self._staging.glob(".*.tmp")]:  # fmt: skip
-                path.unlink(missing_ok=True)
-
-    def commit(self) -> int:
-        """Move the staged shards that continue the pool into it, in order; return their images."""
-        moved = 0
-        with self._lock():
-            self._refresh()
-            while (src := self._staging / _shard_name(len(self._shards))).exists():
-                _, ids, labels, rows = self._load(src)
-                first, name = len(self), src.name
-                if ids.tolist() != list(range(first, first + len(ids))):
-                    raise self._err(f"staged {name} does not continue from id {first}; delete it")
-                payload, cols = self._columns(rows, first, name)
-                os.replace(src, self._shard_dir / name)
-                _fsync_dir(self._shard_dir)
-                faults.point("pool.shard_renamed")
-                self._publish(name, payload, cols)
-                moved += len(ids)
-        return moved
-
     def _columns(self, rows: list[dict], first: int, name: str) -> tuple[bytes, dict]:
         """The manifest bytes and the columns of a shard's rows; a misfit value is refused."""
         payload = "".join(_dumps(r) + "\n" for r in rows).encode()
         try:
-            return payload, shard_columns(rows, first, len(payload), [0, 0, 0, 0])
+            return payload, shard_columns(rows, first, len(payload), [0] * 6)
         except Damaged as e:
             raise self._err(f"{e}; columns hold numbers of that type only") from None
 
@@ -314,23 +248,12 @@ class Pool:
         rows = []
         with contextlib.suppress(ValueError):
             rows = [json.loads(line) for line in lines]
-        if (j := self._disagrees(rows)) is None:
+        if (j := disagreeing_shard(rows, self._shards, self._cols)) is None:
             return rows
         with self._lock():  # a row the columns contradict: rebuild the manifest from its shard
             self._size = sum(self._cols.nbytes[:j])
             self._write_rows(b"".join(self._rows_bytes(name) for name in self.shards[j:]))
         return self.records()
-
-    def _disagrees(self, rows: list) -> int | None:
-        """The first shard whose manifest rows the columns contradict (None: all agree)."""
-        label, seed = self._cols.codes("label"), self._cols.codes("seed")
-        for j, (name, first, count) in enumerate(self._shards):
-            for i in range(first, first + count):
-                r = rows[i] if i < len(rows) else None
-                want = {"id": i, "label": label[i], "seed": seed[i], "shard": name, "index": i - first}
-                if not isinstance(r, dict) or any(r.get(k) != v for k, v in want.items()):
-                    return j
-        return None
 
     def _rows_bytes(self, name: str) -> bytes:
         return "".join(_dumps(r) + "\n" for r in self._load(name, images=False)[3]).encode()
@@ -448,7 +371,7 @@ class Pool:
         size = self._manifest_bytes()
         with contextlib.ExitStack() as stack:
             f = stack.enter_context(open_inside(self.root, "manifest.jsonl")) if size >= 0 else None
-            keep = whole_shards(f, size, table, cols) if f else 0
+            keep = whole_shards(f, size, table, cols, self.root) if f else 0
         self._size = sum(cols.nbytes[:keep])  # manifest bytes reconciled with the shards
         payload = b"".join(self._rows_bytes(name) for name in names[keep:])
         if not check_folder(self._shard_dir):
