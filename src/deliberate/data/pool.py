@@ -3,10 +3,8 @@
 root/pool.json (format, version, meta); root/shards/shard-NNNNNN.npz (images, ids, labels, rows);
 root/manifest.jsonl (a row per image); root/columns/shard-NNNNNN.npz (that shard's rows as
 fixed-width columns, see deliberate.data.columns). Shards carry their rows, so the manifest and
-the columns can be rebuilt. Opening reads the columns (never the manifest's rows, checked at each
-shard's first and last row); `records()` reads the manifest and checks every row's id, shard,
-index, label and seed against the columns. Every file is opened through deliberate.data.files:
-regular files inside the folder only.
+the columns can be rebuilt. Opening reads columns, not rows (docs/reliability.md). Every file is
+opened through deliberate.data.files: regular files inside the folder only.
 """
 
 from __future__ import annotations
