@@ -141,7 +141,7 @@ def cmd_generate(args) -> int:
     grid = Path(args.out) / "samples.png"
     save_sample_grid(
         images,
-        [r["label"] for r in shown],
+        labels.tolist(),
         backend.class_names,
         grid,
         title=f"{backend.identifier}: {settings.steps} {settings.scheduler} steps, cfg λ={settings.cfg}",
