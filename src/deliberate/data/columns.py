@@ -29,8 +29,6 @@ NUMERIC: dict[str, tuple[type, object]] = {
 }  # fmt: skip
 STRINGS = ("fingerprint", "guide")  # few distinct values: codes into a table of them
 NAMES = (*NUMERIC, *STRINGS)
-_META = ("stamp", "first", "nbytes", "present")  # shard's CRCs; first id; manifest bytes; keys
-_MEMBERS = (*NUMERIC, *STRINGS, *(f"{s}_values" for s in STRINGS), *_META)
 
 
 def _fits(v: object, dtype: type) -> bool:
@@ -72,32 +70,52 @@ def shard_stamp(f: IO) -> list[int]:
     return [v for info in infos for v in (info.CRC, info.file_size)]
 
 
+_GROUPS = {kind: [n for n, (d, _) in NUMERIC.items() if d is t] for kind, t in
+           (("i8", np.int64), ("i4", np.int32), ("f8", np.float64))}  # fmt: skip
+_GROUPS["i4"] += list(STRINGS)  # a string column's codes
+_DTYPES = {"i8": np.int64, "i4": np.int32, "f8": np.float64, "meta": np.int64}
+_META_LEN = 2 + 6 + len(NAMES) + len(STRINGS)  # first, nbytes, stamp, present, table sizes
+
+
 def write_columns(f: IO, cols: Mapping[str, np.ndarray]) -> None:
-    np.savez(f, **cols)
+    """A shard's columns as one npz of five members (few members: opening reads one per shard)."""
+    tables = [cols[f"{s}_values"] for s in STRINGS]
+    meta = [cols["first"], cols["nbytes"], cols["stamp"], cols["present"], [len(t) for t in tables]]
+    np.savez(f, **{kind: np.stack([cols[n] for n in names]) for kind, names in _GROUPS.items()},
+             meta=np.concatenate(meta).astype(np.int64), values=np.concatenate(tables))  # fmt: skip
 
 
 def read_columns(f: IO, stamp: list[int], first: int) -> dict | None:
     """A shard's column file, or None when it is damaged or was not built from these bytes."""
+    arrays = {}
     try:
         size = os.fstat(f.fileno()).st_size
         with zipfile.ZipFile(f) as z:
-            cols = {}
-            for m in _MEMBERS:
-                info = _header(z, size, f"{m}.npy")[0]
-                with z.open(info) as member:
-                    cols[m] = np.lib.format.read_array(member, allow_pickle=False)
+            for m in (*_DTYPES, "values"):
+                info, shape, fortran, dtype, start = _header(z, size, f"{m}.npy")
+                with z.open(info) as member:  # the header is checked: read the bytes as they are
+                    data = np.frombuffer(member.read(), dtype, offset=start)
+                arrays[m] = data.reshape(shape, order="F" if fortran else "C")
     except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile):
         return None
-    n = len(cols["label"])
-    ok = cols["stamp"].tolist() == stamp and cols["first"].tolist() == [first] and n > 0
-    ok = ok and len(cols["present"]) == len(NAMES) and cols["nbytes"].shape == (1,)
-    for name, (dtype, _) in NUMERIC.items():
-        ok = ok and cols[name].dtype == dtype and cols[name].shape == (n,)
-    for name in STRINGS:
-        codes, table = cols[name], cols[f"{name}_values"]
-        ok = ok and codes.dtype == np.int32 and codes.shape == (n,) and table.dtype.kind == "U"
-        ok = ok and table.ndim == 1 and codes.min() >= 0 and codes.max() < len(table)
-    return cols if ok else None
+    meta, values = arrays["meta"], arrays["values"]
+    ok = all(arrays[k].dtype == t for k, t in _DTYPES.items()) and meta.shape == (_META_LEN,)
+    n = arrays["i8"].shape[-1] if arrays["i8"].ndim == 2 else 0
+    ok = ok and n > 0 and all(arrays[k].shape == (len(v), n) for k, v in _GROUPS.items())
+    ok = ok and values.dtype.kind == "U" and values.ndim == 1
+    if not (ok and meta[0] == first and meta[2:8].tolist() == stamp):
+        return None
+    sizes = meta[-len(STRINGS) :]
+    if sizes.min() < 1 or sizes.sum() != len(values):
+        return None
+    cols = {n: arrays[kind][i] for kind, names in _GROUPS.items() for i, n in enumerate(names)}
+    for name, table in zip(STRINGS, np.split(values, np.cumsum(sizes)[:-1]), strict=True):
+        if cols[name].min() < 0 or cols[name].max() >= len(table):
+            return None
+        cols[f"{name}_values"] = table
+    cols["first"], cols["nbytes"], cols["stamp"] = meta[0:1], meta[1:2], meta[2:8]
+    cols["present"] = meta[8 : 8 + len(NAMES)].astype(np.uint8)
+    return cols
 
 
 def _row_at(f: IO, start: int, root: Path) -> dict | None:
