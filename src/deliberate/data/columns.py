@@ -1,6 +1,6 @@
 """The manifest as fixed-width columns: per shard a small npz under columns/ (a cache of what that
-shard's rows say, stamped with the shard's size and zip CRCs), and the in-memory view over all
-shards that `Pool.column(name)` reads, appended shard by shard.
+shard's rows say, stamped with the zip CRC32 and size of the shard's ids, labels and rows), and
+the in-memory view over all shards that `Pool.column(name)` reads, appended shard by shard.
 
 The shards stay the truth: a column file that is missing, damaged or stamped for other shard
 bytes is rebuilt from the shard's rows. Numbers are exact (a row's value must fit its column's
