@@ -125,14 +125,15 @@ def _fill_train_pool(pool: Pool, scorer_pool: Pool, cands: Pool, chosen, keep_in
     each chunk is one atomic shard, and a re-run continues after the last one written."""
     n0 = len(scorer_pool) if keep_initial else 0
     if len(pool) < n0:
-        view, rows = scorer_pool.images_view(), _plain_records(scorer_pool.records())
+        view = scorer_pool.images_view()
         for start in range(len(pool), n0, COPY_CHUNK):
             stop = min(start + COPY_CHUNK, n0)
-            pool.append(np.asarray(view[start:stop]), rows[start:stop])
+            rows = _plain_records(scorer_pool.records(range(start, stop)))
+            pool.append(np.asarray(view[start:stop]), rows)
     if len(pool) == n0:
         images, _ = cands.get(chosen)
-        rows = cands.records()
-        kept = [{**_plain_records([rows[i]])[0], "candidate_id": int(i)} for i in chosen]
+        rows = _plain_records(cands.records(chosen))
+        kept = [{**r, "candidate_id": int(i)} for r, i in zip(rows, chosen, strict=True)]
         pool.append(images, kept)
     if len(pool) != n0 + len(chosen):
         raise DeliberateError(f"{pool.root} holds {len(pool)} images, not {n0 + len(chosen)}")
@@ -161,9 +162,7 @@ def run_prune(cfg: PruneConfig, out_dir: str | Path, progress: bool = True, call
             cand_ledger = _candidates(cfg, backend, scorer, cands, progress)
             with atomic_file(ledger_file) as f:
                 f.write(json.dumps(cand_ledger).encode())
-        records = cands.records()
-        entropy = np.array([r["entropy"] for r in records])
-        labels = np.array([r["label"] for r in records])
+        entropy, labels = cands.column("entropy"), cands.labels()
         chosen = select_top_entropy(entropy, labels, cfg.prune.selected, backend.num_classes)
         with atomic_file(root / "selection.json") as f:
             f.write(json.dumps({"candidate_ids": chosen.tolist()}).encode())

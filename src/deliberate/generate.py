@@ -57,7 +57,7 @@ def generate_into_pool(
     the same whatever K is. Every rank must call this with the same arguments.
     """
     check_fields(settings)
-    have = {int(r["seed"]) for r in pool.records()}
+    have = set(pool.column("seed").tolist())
     todo = [(y, s) for y, s in pairs if s not in have]
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     # Batch j becomes shard first_shard + j with ids from first_id + j * batch_size.

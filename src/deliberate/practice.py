@@ -267,7 +267,7 @@ class Run:
         """Minibatches from the pool (its first `limit` images in a branch), read from disk."""
         images = self.pool.images_view(self.limit)  # memory-mapped: the pool never sits in RAM
         n = len(images)
-        rounds_ = np.array([r["round"] for r in self.pool.records()])[:n]
+        rounds_ = self.pool.column("round")[:n]
         lrn, tr = self.cfg.learner, self.trainer
         if lrn.loader == "workers":  # batches keyed by (seed, step), read ahead by workers
             from deliberate.loader import LoaderSampler

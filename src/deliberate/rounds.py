@@ -145,9 +145,11 @@ def generate_round(cfg, backend: Backend, pool: Pool, k: int, learner, ledger: d
                    images_discarded=m - n)  # fmt: skip
     if guided and distributed.is_main():
         save_twins(pool, backend, s, k, learner, root, cfg.device)
-    mine = [r for r in pool.records() if r["round"] == k]
-    ledger["guidance_skipped"] += int(sum(r.get("guidance_skipped", 0) for r in mine))
-    return float(np.mean([r.get("entropy") for r in mine])) if k else None
+    cols = pool.columns(["round", "guidance_skipped", "entropy"])
+    mine = cols["round"] == k
+    skipped = cols["guidance_skipped"][mine]
+    ledger["guidance_skipped"] += int(skipped[skipped > 0].sum())  # -1: a row without the key
+    return float(np.mean(cols["entropy"][mine])) if k else None
 
 
 def select_candidates(cfg, backend: Backend, k: int, candidates: list, n: int,
@@ -199,11 +201,13 @@ def save_twins(pool: Pool, backend: Backend, settings: SamplerSettings, k: int, 
     path = root / "twins" / f"round-{k}.npz"
     if check_folder(path.parent) and check_regular(path):  # a symlink or FIFO: refused
         return
-    mine = [r for r in pool.records() if r["round"] == k]
-    by_class = [[r for r in mine if r["label"] == c] for c in range(backend.num_classes)]
-    rows = [r for rows in by_class for r in rows[:per_class]]
-    guided, labels = pool.get([r["id"] for r in rows])
-    out = sample(backend, torch.as_tensor(labels), [r["seed"] for r in rows], settings)
+    cols = pool.columns(["round", "label", "seed", "entropy"])
+    mine = np.flatnonzero(cols["round"] == k)
+    ids = np.concatenate([mine[cols["label"][mine] == c][:per_class]
+                          for c in range(backend.num_classes)])  # fmt: skip
+    guided, labels = pool.get(ids)
+    seeds = cols["seed"][ids]
+    out = sample(backend, torch.as_tensor(labels), seeds.tolist(), settings)
     plain = to_uint8(out.images.cpu())
     with torch.no_grad():
         h_plain = learner.entropy(to_float01(plain).to(device)).cpu().numpy()
@@ -211,8 +215,8 @@ def save_twins(pool: Pool, backend: Backend, settings: SamplerSettings, k: int, 
         path.parent.mkdir()
     with atomic_file(path) as f:
         np.savez(f, plain=plain.numpy(), guided=guided, labels=labels,
-                 seeds=np.array([r["seed"] for r in rows]), entropy_plain=h_plain,
-                 entropy_guided=np.array([r["entropy"] for r in rows]))  # fmt: skip
+                 seeds=seeds, entropy_plain=h_plain,
+                 entropy_guided=cols["entropy"][ids])  # fmt: skip
 
 
 def load_twins(root) -> dict[int, dict]:

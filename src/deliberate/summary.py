@@ -40,18 +40,17 @@ def round_errors(learner, pool, stages: dict | None = None) -> list[dict]:
     gets `error_by_stage[j]`: its images under earlier and later learners (Fig. 6). Round k was
     requested by stage k - 1, so that entry equals `error_when_added`.
     """
-    records = pool.records()
     images, labels = pool.images_view(), pool.labels()  # streamed: pools may exceed RAM
     pred = predict(learner, images)
     staged = {j: predict(m, images) for j, m in sorted((stages or {}).items())}
-    rounds = np.array([r["round"] for r in records])
+    rounds, learner_pred = pool.column("round"), pool.column("learner_pred")
     out = []
     for k in sorted(set(rounds.tolist())):
         sel = rounds == k
-        added = [r.get("learner_pred") for r, s in zip(records, sel, strict=True) if s]
+        added = learner_pred[sel]  # -1: not stored when the round was added
         at_add = None
-        if all(p is not None for p in added):
-            at_add = float(np.mean(np.array(added) != labels[sel]))
+        if np.all(added >= 0):
+            at_add = float(np.mean(added != labels[sel]))
         out.append(
             {
                 "round": int(k),

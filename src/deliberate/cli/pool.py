@@ -132,13 +132,16 @@ def cmd_generate(args) -> int:
         return 0  # rank 0 writes the grid and prints
     # The grid shows the request's first images of each class, read back from the pool.
     seeds = {s for _, s in pairs}
-    rows = [r for r in pool.records() if int(r["seed"]) in seeds]
-    shown = [r for c_ in classes for r in [x for x in rows if x["label"] == c_][:10]]
-    images, _ = pool.get([int(r["id"]) for r in shown])
+    import numpy as np
+
+    cols = pool.columns(["seed", "label"])
+    rows = np.flatnonzero(np.isin(cols["seed"], list(seeds)))
+    shown = np.concatenate([rows[cols["label"][rows] == c_][:10] for c_ in classes])
+    images, labels = pool.get(shown)
     grid = Path(args.out) / "samples.png"
     save_sample_grid(
         images,
-        [r["label"] for r in shown],
+        labels.tolist(),
         backend.class_names,
         grid,
         title=f"{backend.identifier}: {settings.steps} {settings.scheduler} steps, cfg λ={settings.cfg}",

@@ -37,9 +37,9 @@ def _missing(kind: type) -> object:
     return "" if kind is str else (np.nan if kind is np.float64 else -1)
 
 
-def _present(records: Sequence[dict]) -> list[str]:
+def _present(pool: Pool) -> list[str]:
     """The COLUMNS that at least one manifest row has, in COLUMNS order."""
-    return [key for key in COLUMNS if any(key in r for r in records)]
+    return [key for key in COLUMNS if key in pool.present_columns()]
 
 
 def check_target(pool: Pool, out: str | Path, *, force: bool = False, folder: bool) -> Path:
@@ -79,7 +79,6 @@ def export_npz(pool: Pool, out_path: str | Path, *, force: bool = False) -> Path
     shape, n = _image_shape(pool), len(pool)
     out_path = check_target(pool, out_path, force=force, folder=False)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    records = pool.records()
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False}
     # Close order matters: the zip directory is written before atomic_file syncs and renames.
     with atomic_file(out_path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
@@ -92,9 +91,8 @@ def export_npz(pool: Pool, out_path: str | Path, *, force: bool = False) -> Path
         if written != n:  # another writer grew the pool mid-export: the header would lie
             raise DeliberateError(f"pool at {pool.root} changed during export; export again")
         arrays = {"labels": pool.labels(), "ids": np.arange(n, dtype=np.int64)}
-        for key in _present(records):
-            kind = COLUMNS[key]
-            arrays[key] = np.array([r.get(key, _missing(kind)) for r in records], dtype=kind)
+        for key in _present(pool):  # the pool's columns hold -1 / NaN / '' where a row lacks one
+            arrays[key] = pool.column(key).astype(COLUMNS[key])
         for name, array in arrays.items():
             with z.open(f"{name}.npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, array, allow_pickle=False)
@@ -238,7 +236,7 @@ def export_hf(
     _to_pil(np.zeros(_image_shape(pool), np.uint8))  # refuse unsupported channel counts early
     names = _label_names(pool, class_names)
     names = [f"{c}_{i}" if names.count(c) > 1 else c for i, c in enumerate(names)]
-    columns = _present(pool.records())
+    columns = _present(pool)
     kinds = {np.int64: "int64", np.float64: "float64", str: "string"}
     features = datasets.Features(
         {"image": datasets.Image(), "label": datasets.ClassLabel(names=names),

@@ -1,8 +1,11 @@
-"""The synthetic pool on disk: append-only uint8 npz shards plus a JSONL manifest, crash-safe."""
+"""The synthetic pool on disk: append-only uint8 npz shards plus a JSONL manifest, crash-safe.
 
-# root/pool.json (format, version, meta); root/shards/shard-NNNNNN.npz (images, ids, labels, rows);
-# root/manifest.jsonl (a row per image). Shards carry their rows, so the manifest can be rebuilt.
-# Every file is opened through deliberate.data.files: regular files inside the folder only.
+root/pool.json (format, version, meta); root/shards/shard-NNNNNN.npz (images, ids, labels, rows);
+root/manifest.jsonl (a row per image); root/columns/shard-NNNNNN.npz (that shard's rows as
+fixed-width columns, see deliberate.data.columns). Shards carry their rows, so the manifest and
+the columns can be rebuilt. Opening reads columns, not rows (docs/reliability.md). Every file is
+opened through deliberate.data.files: regular files inside the folder only.
+"""
 
 from __future__ import annotations
 
@@ -17,9 +20,18 @@ from typing import Any
 import numpy as np
 
 from deliberate import faults
+from deliberate.data.columns import (
+    NAMES,
+    Columns,
+    disagreeing_shard,
+    read_columns,
+    shard_columns,
+    shard_stamp,
+    whole_shards,
+)
+from deliberate.data.columns import write_columns as _write_columns
 from deliberate.data.files import (
     _dumps,
-    _fsync_dir,
     _one_line,
     atomic_file,
     check_folder,
@@ -36,19 +48,15 @@ from deliberate.data.shards import (
     check_meta,
     memmap_images,
     read_header,
-    read_manifest,
     read_shard,
 )
 from deliberate.data.shards import LOAD_ERRORS as _LOAD_ERRORS
+from deliberate.data.staging import Staging, _shard_name
 from deliberate.errors import DeliberateError
 
 __all__ = ["Pool", "PoolImages", "atomic_file", "RESERVED"]
 
 RESERVED = ("id", "shard", "index")  # assigned by the pool, never by the caller
-
-
-def _shard_name(j: int) -> str:
-    return f"shard-{j:06d}.npz"
 
 
 def _write_header(root: Path, meta: dict) -> None:
@@ -57,7 +65,7 @@ def _write_header(root: Path, meta: dict) -> None:
         f.write((_dumps(header, indent=1) + "\n").encode())
 
 
-class Pool:
+class Pool(Staging):
     """An append-only pool of uint8 images with one manifest row per image; shards are the truth."""
 
     def __init__(self, root: str | Path):
@@ -115,7 +123,7 @@ class Pool:
         return [name for name, _, _ in self._shards]
 
     def __len__(self) -> int:
-        return len(self._labels)
+        return self._n
 
     def __repr__(self) -> str:
         return f"Pool({str(self.root)!r}, images={len(self)}, shards={len(self._shards)})"
@@ -141,6 +149,7 @@ class Pool:
                 raise self._err(f"images are {shape}, the pool holds {self.image_shape}; resize")
             first, name = len(self), _shard_name(len(self._shards))
             rows = [self._row(first + i, name, i, r) for i, r in enumerate(records)]
+            payload, cols = self._columns(rows, first, name)
             if self.image_shape is None:  # the first append fixes the shape for good
                 self.meta = {**self.meta, "image_shape": list(shape)}
                 _write_header(self.root, self.meta)
@@ -151,77 +160,37 @@ class Pool:
                 np.savez(f, images=images, ids=ids, labels=labels, rows=packed)
                 faults.point("pool.shard_tmp_written")
             faults.point("pool.shard_renamed")
-            # A crash here leaves a complete shard without rows; the next open re-derives them.
-            self._write_rows("".join(_dumps(r) + "\n" for r in rows).encode())
-            faults.point("pool.manifest_written")
-            self._shards.append((name, first, len(rows)))
-            self._labels = np.concatenate([self._labels, labels])
+            self._publish(name, payload, cols)
         return ids.tolist()
 
-    def stage(
-        self, images: np.ndarray, records: Sequence[Mapping[str, Any]], *, shard: int, first: int
-    ) -> None:
-        """Write a future shard (number `shard`, ids from `first`) to staging/, for `commit`.
+    def _columns(self, rows: list[dict], first: int, name: str) -> tuple[bytes, dict]:
+        """The manifest bytes and the columns of a shard's rows; a misfit value is refused."""
+        payload = "".join(_dumps(r) + "\n" for r in rows).encode()
+        try:
+            return payload, shard_columns(rows, first, len(payload), [0] * 6)
+        except Damaged as e:
+            raise self._err(f"{e}; columns hold numbers of that type only") from None
 
-        Several processes may stage at once, each its own shards: readers see nothing until
-        `commit` moves a staged shard into the pool, so ids never depend on who finished first.
-        """
-        if self.image_shape is None:
-            raise self._err("stage needs image_shape in the pool meta; give it to Pool.create")
-        if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
-            raise self._err("staged images must be a uint8 array; use np.uint8 in 0..255")
-        if tuple(images.shape[1:]) != self.image_shape or len(records) != len(images):
-            raise self._err(
-                f"staged {images.shape} with {len(records)} records; the pool holds "
-                f"{self.image_shape} images, one record each"
-            )
-        name = _shard_name(shard)
-        rows = [self._row(first + i, name, i, r) for i, r in enumerate(records)]
-        ids = np.arange(first, first + len(rows), dtype=np.int64)
-        labels = np.array([r["label"] for r in rows], np.int64)
-        packed = np.frombuffer(_dumps(rows).encode(), np.uint8)
-        if not check_folder(self._staging):
-            self._staging.mkdir()
-        with atomic_file(self._staging / name) as f:
-            np.savez(f, images=images, ids=ids, labels=labels, rows=packed)
-            faults.point("pool.shard_tmp_written")
+    def _publish(self, name: str, payload: bytes, cols: dict) -> None:
+        """A shard now in shards/ (lock held): its manifest rows, then its column file."""
+        # A crash here leaves a complete shard without rows; the next open re-derives them.
+        self._write_rows(payload)
+        faults.point("pool.manifest_written")
+        with open_inside(self.root, Path("shards") / name) as f:
+            cols["stamp"] = np.array(shard_stamp(f), np.int64)
+        self._write_columns([(name, cols)])
+        self._cols.add(cols)
+        self._shards.append((name, int(cols["first"][0]), len(cols["label"])))
+        self._n += len(cols["label"])
 
-    def staged(self) -> dict[int, list[int]]:
-        """The complete staged shards: shard number -> the seeds of its images, in order."""
-        out = {}
-        staged = sorted(self._staging.glob("shard-*.npz")) if check_folder(self._staging) else []
-        for path in staged:
-            with contextlib.suppress(DeliberateError):  # unreadable: as good as absent
-                out[int(path.name[6:-4])] = [r["seed"] for r in self._load(path)[3]]
-        return out
-
-    def unstage(self, numbers: Iterable[int]) -> None:
-        """Delete these staged shards and any half-written staging file (no writer may be busy)."""
-        if check_folder(self._staging):
-            for path in [*(self._staging / _shard_name(n) for n in numbers),
-                         *self._staging.glob(".*.tmp")]:  # fmt: skip
-                path.unlink(missing_ok=True)
-
-    def commit(self) -> int:
-        """Move the staged shards that continue the pool into it, in order; return their images."""
-        moved = 0
-        with self._lock():
-            self._refresh()
-            while (src := self._staging / _shard_name(len(self._shards))).exists():
-                _, ids, labels, rows = self._load(src)
-                first, name = len(self), src.name
-                if ids.tolist() != list(range(first, first + len(ids))):
-                    raise self._err(f"staged {name} does not continue from id {first}; delete it")
-                os.replace(src, self._shard_dir / name)
-                _fsync_dir(self._shard_dir)
-                faults.point("pool.shard_renamed")
-                # A crash here leaves a complete shard without rows; the next open re-derives them.
-                self._write_rows("".join(_dumps(r) + "\n" for r in rows).encode())
-                faults.point("pool.manifest_written")
-                self._shards.append((name, first, len(ids)))
-                self._labels = np.concatenate([self._labels, labels])
-                moved += len(ids)
-        return moved
+    def _write_columns(self, items: list[tuple[str, dict]]) -> None:
+        """Write column files (a cache: a read-only pool goes without, rebuilt when next open)."""
+        with contextlib.suppress(OSError):
+            if items and not check_folder(self.root / "columns"):
+                (self.root / "columns").mkdir()
+            for name, cols in items:
+                with atomic_file(self.root / "columns" / name) as f:
+                    _write_columns(f, cols)
 
     def _row(self, id_: int, shard: str, index: int, record: Mapping[str, Any]) -> dict:
         """Validate one caller record and turn it into a manifest row (plain JSON values)."""
@@ -244,12 +213,48 @@ class Pool:
 
     def labels(self) -> np.ndarray:
         """Every image's class id, in id order (int64)."""
-        return self._labels.copy()
+        return self._cols.codes("label").copy()
 
-    def records(self) -> list[dict]:
-        """Every manifest row, in id order."""
+    def column(self, name: str) -> np.ndarray:
+        """One manifest column in id order, read-only (see deliberate.data.columns for names,
+        types and what a row without the key holds: -1, NaN or '')."""
+        if name not in NAMES:
+            raise self._err(f"has no column {name!r}; columns are {', '.join(NAMES)}")
+        return self._cols.get(name)
+
+    def columns(self, names: Iterable[str]) -> dict[str, np.ndarray]:
+        """Several columns at once, by name."""
+        return {name: self.column(name) for name in names}
+
+    def present_columns(self) -> list[str]:
+        """The columns that at least one row has a value for."""
+        return self._cols.present()
+
+    def records(self, ids: Sequence[int] | np.ndarray | None = None) -> list[dict]:
+        """Manifest rows in id order (all: None, read from manifest.jsonl; for small pools), or
+        the rows of `ids` in the order given, read from their shards."""
+        if ids is not None:
+            ids = self._check_ids(ids)
+            out: list[dict] = [{}] * len(ids)
+            for j, sel in self._by_shard(ids):
+                rows = self._load(self._shards[j][0], images=False)[3]
+                for k in np.flatnonzero(sel):
+                    out[k] = rows[ids[k] - self._shards[j][1]]
+            return out
         with open_inside(self.root, "manifest.jsonl") as f:  # not rows appended since we looked
-            return [json.loads(line) for line in f.read(self._size).splitlines()]
+            lines = f.read(self._size).splitlines()
+        rows = []
+        with contextlib.suppress(ValueError):
+            rows = [json.loads(line) for line in lines]
+        if (j := disagreeing_shard(rows, self._shards, self._cols)) is None:
+            return rows
+        with self._lock():  # a row the columns contradict: rebuild the manifest from its shard
+            self._size = sum(self._cols.nbytes[:j])
+            self._write_rows(b"".join(self._rows_bytes(name) for name in self.shards[j:]))
+        return self.records()
+
+    def _rows_bytes(self, name: str) -> bytes:
+        return "".join(_dumps(r) + "\n" for r in self._load(name, images=False)[3]).encode()
 
     def iter_shards(self) -> Iterator[tuple[np.ndarray, np.ndarray, list[dict]]]:
         """Yield (images, labels, records) shard by shard, never holding the pool in memory."""
@@ -283,20 +288,27 @@ class Pool:
             raise self._corrupt(name, f"{len(images)} images, the manifest says {count}")
         return images
 
-    def get(self, ids: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Return (images, labels) for the given ids, in the order given."""
+    def _check_ids(self, ids) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         if ids.size and (ids.min() < 0 or ids.max() >= len(self)):
             bad = ids[(ids < 0) | (ids >= len(self))][0]
             raise self._err(f"id {bad} is out of range 0..{len(self) - 1}")
-        out = np.empty((len(ids), *(self.image_shape or (0, 0))), np.uint8)
-        firsts = np.array([first for _, first, _ in self._shards], np.int64)
-        which = np.searchsorted(firsts, ids, side="right") - 1
+        return ids
+
+    def _by_shard(self, ids: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """(shard number, mask of the ids in it) for each shard that holds some of `ids`."""
+        which = np.searchsorted(np.array(self._cols.firsts, np.int64), ids, side="right") - 1
         for j in np.unique(which):
+            yield int(j), which == j
+
+    def get(self, ids: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return (images, labels) for the given ids, in the order given."""
+        ids = self._check_ids(ids)
+        out = np.empty((len(ids), *(self.image_shape or (0, 0))), np.uint8)
+        for j, sel in self._by_shard(ids):
             name, first, _ = self._shards[j]
-            sel = which == j
             out[sel] = self._load(name)[0][ids[sel] - first]
-        return out, self._labels[ids]
+        return out, self._cols.codes("label")[ids]
 
     def verify(self) -> int:
         """Load every shard and check it against the manifest; return the number of images."""
@@ -306,7 +318,7 @@ class Pool:
             if images.shape != (count, *self.image_shape) or images.dtype != np.uint8:
                 raise self._corrupt(name, f"images are {images.dtype}{images.shape}")
             span = slice(first, first + count)
-            want = [list(range(first, first + count)), self._labels[span].tolist(), rows[span]]
+            want = [list(range(first, first + count)), self.labels()[span].tolist(), rows[span]]
             if [ids.tolist(), labels.tolist()] != want[:2]:
                 raise self._corrupt(name, "its ids or labels disagree with the manifest")
             if shard_rows != want[2]:  # the shard's own copy of its rows is checked on read
@@ -339,9 +351,8 @@ class Pool:
             yield
 
     def _scan(self) -> None:
-        """Reconcile the manifest with the shards on disk, repairing what a crash left behind.
-
-        Everything is read and checked first; only then is anything repaired (written)."""
+        """Reconcile the manifest and the columns with the shards on disk, repairing what a
+        crash left behind. Everything is read and checked first; only then is anything written."""
         names = sorted(p.name for p in self._shard_dir.glob("shard-*.npz"))
         names.sort(key=len)  # numeric order, even past shard-999999
         for j, name in enumerate(names):
@@ -350,49 +361,58 @@ class Pool:
                     f"{_shard_name(j)} is missing but {name} exists (ids would skip); "
                     "restore it or delete every shard after it"
                 )
-        rows, ends = read_manifest(self.root)
-        # Keep the longest run of whole shards whose rows agree; re-derive the rest from shards.
-        table: list[tuple[str, int, int]] = []
-        labels: list[int] = []
-        pos = keep = 0
-        while pos < len(rows):
-            j, stop = len(table), pos
-            while stop < len(rows) and rows[stop].get("shard") == rows[pos].get("shard"):
-                stop += 1
-            group = rows[pos:stop]
-            ok = j < len(names) and group[0].get("shard") == names[j]
-            for i, r in enumerate(group):
-                label = r.get("label")
-                ok = ok and (r.get("id"), r.get("index")) == (pos + i, i) and _is_int(label)
-                ok = ok and 0 <= label < (self.num_classes or 2**62) and _is_int(r.get("seed"))
-            if not ok:
-                break
-            table.append((names[j], pos, len(group)))
-            labels += [r["label"] for r in group]
-            pos, keep = stop, ends[stop - 1]
-        # Only the last shard kept can have lost rows (a later row, torn or damaged, was cut).
-        if table and len(self._load(table[-1][0], images=False)[1]) != table[-1][2]:
-            _, pos, _ = table.pop()
-            labels, keep = labels[:pos], ends[pos - 1] if pos else 0
-        payload = b""
-        for name in names[len(table) :]:
-            _, ids, shard_labels, shard_rows = self._load(name, images=False)
-            expect = list(range(pos, pos + len(ids)))
-            if not expect or ids.tolist() != expect or [r.get("id") for r in shard_rows] != expect:
-                raise self._corrupt(name, f"its ids do not continue from {pos}")
-            table.append((name, pos, len(ids)))
-            labels += shard_labels.tolist()
-            payload += "".join(_dumps(r) + "\n" for r in shard_rows).encode()
-            pos += len(ids)
-        self._shards = table  # (name, first id, count) per shard
-        self._labels = np.array(labels, np.int64)
-        self._size = keep  # manifest bytes reconciled with the shards
+        cols, table, fresh, pos = Columns(), [], [], 0
+        for name in names:
+            c = self._cached_columns(name, pos)
+            if c is None:  # no column file, or not one built from these shard bytes
+                c = self._derive_columns(name, pos)
+                fresh.append((name, c))
+            cols.add(c)
+            table.append((name, pos, len(c["label"])))
+            pos += len(c["label"])
+        self._shards, self._cols, self._n = table, cols, pos  # (name, first id, count) per shard
+        size = self._manifest_bytes()
+        with contextlib.ExitStack() as stack:
+            f = stack.enter_context(open_inside(self.root, "manifest.jsonl")) if size >= 0 else None
+            keep = whole_shards(f, size, table, cols, self.root) if f else 0
+        self._size = sum(cols.nbytes[:keep])  # manifest bytes reconciled with the shards
+        payload = b"".join(self._rows_bytes(name) for name in names[keep:])
         if not check_folder(self._shard_dir):
             self._shard_dir.mkdir()
-        for tmp in [*self._shard_dir.glob(".*.tmp"), *self.root.glob(".*.tmp")]:
+        for tmp in [*self._shard_dir.glob(".*.tmp"), *self.root.glob(".*.tmp"),
+                    *self.root.glob("columns/.*.tmp")]:  # fmt: skip
             tmp.unlink()  # a writer died before its rename, so nobody ever saw this file
-        if payload or self._manifest_bytes() != keep:
+        if payload or size != self._size:
             self._write_rows(payload)
+        self._write_columns(fresh)
+
+    def _cached_columns(self, name: str, first: int) -> dict | None:
+        """Shard `name`'s column file if it was built from the shard's bytes as they are now."""
+        try:
+            with open_inside(self.root, Path("shards") / name) as f:
+                stamp = shard_stamp(f)
+        except _LOAD_ERRORS as e:
+            raise self._corrupt(name, _why(e)) from e
+        if not check_regular(self.root / "columns" / name):
+            return None
+        with open_inside(self.root, Path("columns") / name) as f:
+            return read_columns(f, stamp, first)
+
+    def _derive_columns(self, name: str, first: int) -> dict:
+        """Shard `name`'s columns from its rows, refused unless its ids continue from `first`."""
+        _, ids, labels, rows = self._load(name, images=False)
+        expect = list(range(first, first + len(ids)))
+        if not expect or ids.tolist() != expect or [r.get("id") for r in rows] != expect:
+            raise self._corrupt(name, f"its ids do not continue from {first}")
+        if [r.get("label") for r in rows] != labels.tolist():
+            raise self._corrupt(name, "its rows' labels are not its labels")
+        with open_inside(self.root, Path("shards") / name) as f:
+            stamp = shard_stamp(f)
+        try:
+            nbytes = len("".join(_dumps(r) + "\n" for r in rows).encode())
+            return shard_columns(rows, first, nbytes, stamp)
+        except Damaged as e:
+            raise self._corrupt(name, str(e)) from e
 
     def _write_rows(self, payload: bytes) -> None:
         """Cut the manifest after the rows we trust (dropping a stale tail), append, and sync."""

@@ -6,7 +6,6 @@ shards (`Pool.images_view`), so a pool never needs to fit in RAM."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -23,7 +22,6 @@ from deliberate.data.files import (
     _one_line,
     check_folder,
     check_regular,
-    open_inside,
     read_inside,
 )
 from deliberate.errors import DeliberateError
@@ -151,7 +149,7 @@ def read_header(root: Path) -> dict:
         )
     for name in ("manifest.jsonl", ".lock", *(p.name for p in root.glob(".*.tmp"))):
         check_regular(root / name)
-    for folder in (root / "shards", root / "staging"):
+    for folder in (root / "shards", root / "staging", root / "columns"):
         if check_folder(folder):
             for entry in os.scandir(folder):
                 check_regular(entry.path)
@@ -170,29 +168,12 @@ def read_header(root: Path) -> dict:
     return check_meta(header["meta"], root)
 
 
-def read_manifest(root: Path) -> tuple[list[dict], list[int]]:
-    """Manifest rows up to the first damaged line (ids must count up from 0), with their end
-    offsets; lines are read one at a time, and one over MAX_ROW_BYTES is refused."""
-    rows: list[dict] = []
-    ends: list[int] = []
-    if not check_regular(root / "manifest.jsonl"):
-        return rows, ends
-    with open_inside(root, "manifest.jsonl") as f:
-        while line := f.readline(MAX_ROW_BYTES + 1):
-            if len(line) > MAX_ROW_BYTES:
-                raise DeliberateError(
-                    f"pool at {root} is damaged: manifest.jsonl line {len(rows) + 1} is over "
-                    f"{MAX_ROW_BYTES:,} bytes, which no row is; delete manifest.jsonl (every shard "
-                    "holds its rows) and re-run"
-                )
-            row = None
-            with contextlib.suppress(ValueError):
-                row = json.loads(line)
-            if not line.endswith(b"\n") or not isinstance(row, dict) or row.get("id") != len(rows):
-                break  # a writer died mid-line (or worse): re-derive the rest from the shards
-            rows.append(row)
-            ends.append((ends[-1] if ends else 0) + len(line))
-    return rows, ends
+def row_too_long(root: Path, line: int) -> DeliberateError:
+    """The one line for a manifest line over MAX_ROW_BYTES (no row is near that)."""
+    return DeliberateError(
+        f"pool at {root} is damaged: manifest.jsonl line {line} is over {MAX_ROW_BYTES:,} "
+        "bytes, which no row is; delete manifest.jsonl (every shard holds its rows) and re-run"
+    )
 
 
 def _is_int(x: Any) -> bool:

@@ -73,16 +73,13 @@ def write_practice_report(
     """Write `report/` of a practice run: curves, a grid per round, entropies and report.md."""
     out = Path(root) / "report"
     names = pool.class_names or [str(c) for c in range(pool.num_classes)]
-    records = pool.records()
+    cols = pool.columns(["round", "label", "omega"])
     plot_training_curves(rows, out / "curves.png", title=f"{Path(root).name}")
-    rounds = sorted({r["round"] for r in records})
-    for k in rounds:
-        mine = [r for r in records if r["round"] == k]
-        ids = [
-            r["id"] for c in range(len(names)) for r in [x for x in mine if x["label"] == c][:10]
-        ]
+    for k in np.unique(cols["round"]).tolist():
+        mine = np.flatnonzero(cols["round"] == k)
+        ids = np.concatenate([mine[cols["label"][mine] == c][:10] for c in range(len(names))])
         images, labels = pool.get(ids)
-        omega = mine[0].get("omega", 0.0)
+        omega = float(np.nan_to_num(cols["omega"][mine[0]]))  # NaN: a row without omega
         save_sample_grid(
             images,
             labels,
@@ -105,9 +102,9 @@ def write_practice_report(
             per_class=int(np.bincount(t["labels"]).max()),
             title=f"round {k}: the same seeds without and with entropy guidance",
         )
+    h = pool.column("entropy")
     entropies = {
-        k: np.array([r["entropy"] for r in records if r["round"] == k and "entropy" in r])
-        for k in rounds
+        k: h[(cols["round"] == k) & ~np.isnan(h)] for k in np.unique(cols["round"]).tolist()
     }
     entropies = {k: v for k, v in entropies.items() if len(v)}
     if entropies:
@@ -131,8 +128,8 @@ def write_practice_report(
         "| round | images | mean entropy | twins: plain | twins: guided |",
         "|---|---|---|---|---|",
     ]
-    for k in rounds:
-        n = sum(r["round"] == k for r in records)
+    for k in np.unique(cols["round"]).tolist():
+        n = int(np.sum(cols["round"] == k))
         mean = f"{entropies[k].mean():.4f}" if k in entropies else "-"
         t = (twins or {}).get(k)
         pair = [f"{t[key].mean():.4f}" if t else "-" for key in ("entropy_plain", "entropy_guided")]
