@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from deliberate.augment import random_crop_flip, random_resized_crop_flip
 from deliberate.config import load_config
 from deliberate.data.pool import Pool
 from deliberate.generate import generate_into_pool
@@ -27,7 +28,7 @@ from deliberate.practice import PracticeConfig, run_practice
 from deliberate.rounds import plan
 from deliberate.rundir import RunDir
 from deliberate.sampling import SampleOutput, SamplerSettings
-from deliberate.training import cpu_rng, random_crop_flip, random_resized_crop_flip
+from deliberate.training import cpu_rng
 from tests.helpers import CONFIGS, TIMING_KEYS, needs_data, tiny_backend
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from deliberate.augment import random_resized_crop_flip
 from deliberate.errors import DeliberateError
 from deliberate.learner import (
     build_learner,
@@ -19,7 +20,6 @@ from deliberate.training import (
     TrainConfig,
     Trainer,
     cpu_rng,
-    random_resized_crop_flip,
     train_classifier,
     uniform_sampler,
     wsd_lr,

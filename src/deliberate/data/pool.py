@@ -39,9 +39,8 @@ from deliberate.data.files import (
     open_fd_inside,
     open_inside,
 )
+from deliberate.data.shards import LOAD_ERRORS as _LOAD_ERRORS
 from deliberate.data.shards import (
-    FORMAT,
-    VERSION,
     Damaged,
     PoolImages,
     _is_int,
@@ -49,20 +48,15 @@ from deliberate.data.shards import (
     memmap_images,
     read_header,
     read_shard,
+    rows_disagree,
+    write_header,
 )
-from deliberate.data.shards import LOAD_ERRORS as _LOAD_ERRORS
 from deliberate.data.staging import Staging, _shard_name
 from deliberate.errors import DeliberateError
 
 __all__ = ["Pool", "PoolImages", "atomic_file", "RESERVED"]
 
 RESERVED = ("id", "shard", "index")  # assigned by the pool, never by the caller
-
-
-def _write_header(root: Path, meta: dict) -> None:
-    header = {"format": FORMAT, "version": VERSION, "meta": meta}
-    with atomic_file(root / "pool.json") as f:
-        f.write((_dumps(header, indent=1) + "\n").encode())
 
 
 class Pool(Staging):
@@ -89,7 +83,7 @@ class Pool(Staging):
             raise DeliberateError(f"{root} is not empty; choose a new or empty pool directory")
         meta = check_meta(meta, root)
         root.mkdir(parents=True, exist_ok=True)
-        _write_header(root, meta)  # its presence (whole, thanks to the rename) marks a pool
+        write_header(root, meta)  # its presence (whole, thanks to the rename) marks a pool
         return cls(root)
 
     @classmethod
@@ -152,7 +146,7 @@ class Pool(Staging):
             payload, cols = self._columns(rows, first, name)
             if self.image_shape is None:  # the first append fixes the shape for good
                 self.meta = {**self.meta, "image_shape": list(shape)}
-                _write_header(self.root, self.meta)
+                write_header(self.root, self.meta)
             ids = np.arange(first, first + len(rows), dtype=np.int64)
             labels = np.array([r["label"] for r in rows], np.int64)
             packed = np.frombuffer(_dumps(rows).encode(), np.uint8)  # no pickles in shards
@@ -322,10 +316,7 @@ class Pool(Staging):
             if [ids.tolist(), labels.tolist()] != want[:2]:
                 raise self._corrupt(name, "its ids or labels disagree with the manifest")
             if shard_rows != want[2]:  # the shard's own copy of its rows is checked on read
-                raise DeliberateError(
-                    f"pool at {self.root} is damaged: manifest.jsonl disagrees with {name}'s own "
-                    "rows; delete manifest.jsonl (every shard holds its rows) and re-run"
-                )
+                raise rows_disagree(self.root, name)
         return len(rows)
 
     def refresh(self) -> None:

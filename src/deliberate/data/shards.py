@@ -20,6 +20,7 @@ import numpy as np
 from deliberate.data.files import (
     _dumps,
     _one_line,
+    atomic_file,
     check_folder,
     check_regular,
     read_inside,
@@ -140,6 +141,13 @@ def memmap_images(f: IO, image_shape: tuple) -> np.ndarray:
     return np.memmap(f, dtype, "r", offset, shape, "F" if fortran else "C")
 
 
+def write_header(root: Path, meta: dict) -> None:
+    """Write root/pool.json (format, version, meta) atomically: its presence marks a pool."""
+    header = {"format": FORMAT, "version": VERSION, "meta": meta}
+    with atomic_file(root / "pool.json") as f:
+        f.write((_dumps(header, indent=1) + "\n").encode())
+
+
 def read_header(root: Path) -> dict:
     """Check the pool folder's entries (regular files and folders only); pool.json's meta."""
     path, err = root / "pool.json", f"pool at {root}:"
@@ -173,6 +181,14 @@ def row_too_long(root: Path, line: int) -> DeliberateError:
     return DeliberateError(
         f"pool at {root} is damaged: manifest.jsonl line {line} is over {MAX_ROW_BYTES:,} "
         "bytes, which no row is; delete manifest.jsonl (every shard holds its rows) and re-run"
+    )
+
+
+def rows_disagree(root: Path, name: str) -> DeliberateError:
+    """The one line for manifest rows that differ from the shard's own copy of them."""
+    return DeliberateError(
+        f"pool at {root} is damaged: manifest.jsonl disagrees with {name}'s own rows; delete "
+        "manifest.jsonl (every shard holds its rows) and re-run"
     )
 
 
