@@ -178,7 +178,7 @@ def guide_files(tmp_path_factory):
     learner = guide_learner((1, 28, 28), 10)
     (root / "run").mkdir()
     (root / "run" / "config.yaml").write_text("learner:\n  arch: small_resnet\n")
-    RunDir(root / "run").save_checkpoint({"trainer": {"ema": learner.state_dict()}})
+    RunDir(root / "run").save_checkpoint({"trainer": {"ema": learner.state_dict()}, "loop": {}})
     torch.save(learner.state_dict(), root / "clf.pt")  # keys backbone.*: a Learner's own
     (root / "clf.json").write_text(json.dumps({"input_size": 28, "mean": [0.5], "std": [0.5]}))
     return root
