@@ -129,10 +129,16 @@ def fork_run(args: list[str], fault: str = "", log: Path | None = None) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
-def make_generator(tmp_path_factory) -> str:
-    """A tiny random generator, and Fashion-MNIST unzipped once (gunzip costs ~1 s per run)."""
+def tiny_generator_dir(tmp_path_factory) -> Path:
+    """A tiny random Fashion-MNIST-shaped generator (10 classes, 28x28 grey) saved to a folder."""
     path = tmp_path_factory.mktemp("gen") / "tiny"
     tiny_backend(seed=1).save(path)
+    return path
+
+
+def make_generator(tmp_path_factory) -> str:
+    """A tiny random generator, and Fashion-MNIST unzipped once (gunzip costs ~1 s per run)."""
+    path = tiny_generator_dir(tmp_path_factory)
     data = tmp_path_factory.mktemp("fmnist")
     if has_data():
         for stem in FILES.values():

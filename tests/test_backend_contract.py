@@ -23,7 +23,7 @@ from tests.helpers import (
     LinearLearner,
     latent_settings,
     needs_transformers,
-    tiny_backend,
+    tiny_generator_dir,
     write_diffusers_pixel,
     write_guide,
 )
@@ -33,9 +33,7 @@ PREFIX = {"pixel": "pixel-", "diffusers": "pixel-", "stable_diffusion": "sd-", "
 
 @pytest.fixture(scope="module")
 def pixel_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("pixel") / "tiny"
-    tiny_backend(seed=1).save(path)
-    return path
+    return tiny_generator_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

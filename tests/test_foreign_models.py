@@ -21,7 +21,12 @@ from deliberate.guide import load_guide
 from deliberate.learner import IMAGENET_MEAN, IMAGENET_STD
 from deliberate.rundir import RunDir
 from deliberate.sampling import SamplerSettings, initial_noise, sample
-from tests.helpers import CLASS_NAMES, guide_learner, tiny_backend, write_diffusers_pixel
+from tests.helpers import (
+    CLASS_NAMES,
+    guide_learner,
+    tiny_generator_dir,
+    write_diffusers_pixel,
+)
 
 
 def run(*argv):
@@ -165,9 +170,7 @@ def test_class_counts_and_cfg_without_a_null_class_are_one_line(ddpm_dir, tmp_pa
 @pytest.fixture(scope="module")
 def generator(tmp_path_factory):
     """A tiny random Fashion-MNIST-shaped generator (10 classes, 28x28 grey)."""
-    path = tmp_path_factory.mktemp("gen") / "tiny"
-    tiny_backend(seed=1).save(path)
-    return path
+    return tiny_generator_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -377,6 +377,16 @@ ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{c}: &{c} [{', '.join([f'*{p}'] * 8)}]\n" for p, c in zip("abcdefg", "bcdefgh", strict=True)
 )
 # (id, damage(run folder, outside folder), expected words)
+def damaged_copy(interrupted: Path, tmp_path: Path, damage) -> tuple[Path, dict]:
+    """A copy of the interrupted run, damaged (with tmp/outside as a symlink target), and the
+    snapshot of tmp_path taken after the damage: nothing may change it from then on."""
+    run, outside = tmp_path / "run", tmp_path / "outside"
+    shutil.copytree(interrupted, run, symlinks=True)
+    outside.mkdir()
+    damage(run, outside)
+    return run, snapshot(tmp_path)
+
+
 RUN_CASES = [
     # A checkpoint.pt of the wrong structure: refused before the pool is created or repaired.
     ("ckpt-no-trainer", lambda r, o: checkpoint(r, _set(["trainer"], KeyError)), WRONG),
@@ -422,11 +432,7 @@ RUN_CASES = [
 def test_a_damaged_run_folder_is_refused_before_anything_is_written(
     damage, expect, interrupted, sets, tmp_path, capsys
 ):
-    run, outside = tmp_path / "run", tmp_path / "outside"
-    shutil.copytree(interrupted, run, symlinks=True)
-    outside.mkdir()
-    damage(run, outside)
-    before = snapshot(tmp_path)
+    run, before = damaged_copy(interrupted, tmp_path, damage)
     refused(capsys, cli_args(run, sets), expect)
     assert snapshot(tmp_path) == before  # no pool created, no temp file cleaned, no repair
 
@@ -447,11 +453,7 @@ LEARNER_CASES = [
 def test_generate_refuses_a_damaged_learner_before_creating_the_pool(
     damage, expect, interrupted, generator, tmp_path, capsys
 ):
-    run, outside = tmp_path / "run", tmp_path / "outside"
-    shutil.copytree(interrupted, run, symlinks=True)
-    outside.mkdir()
-    damage(run, outside)
-    before = snapshot(tmp_path)
+    run, before = damaged_copy(interrupted, tmp_path, damage)
     refused(capsys, ["generate", "--per-class", "1", "--steps", "1", "--out", tmp_path / "pool",
                      "--generator", generator, "--learner", run, "--quiet"], expect)  # fmt: skip
     assert snapshot(tmp_path) == before

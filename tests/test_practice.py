@@ -86,7 +86,8 @@ def test_tiny_run_end_to_end(tiny_run):
     assert sum(r["adds_round"] for r in rows) == 2
     assert rows[-1]["test_acc"] == summary["test_acc"] is not None
     assert all(r["test_acc"] is None for r in rows[:-1])  # test_every: 0
-    assert rows[-1]["denoiser_evals"] == 100 * 5 * 2 + 2 * 50 * (5 * 2 + 2)
+    # CFG doubles every step; a guided step shares its conditional forward (no extra evaluation)
+    assert rows[-1]["denoiser_evals"] == 100 * 5 * 2 + 2 * 50 * 5 * 2
     assert rows[-1]["guidance_backward"] == 2 * 50 * 2  # 2 guided steps of 5 (every 2, 80 %)
     assert rows[-1]["learner_images"] == 150 * 32
     for name in ("curves.png", "entropy.png", "plain-vs-guided-round-1.png", "report.md",
