@@ -41,26 +41,25 @@ def _refuse(path: str | Path, kind: str, want: str = "file") -> DeliberateError:
     )
 
 
-def check_regular(path: str | Path) -> bool:
-    """Whether `path` is a regular file (False: nothing there); anything else is refused."""
+def _check(path: str | Path, is_kind, want: str) -> bool:
+    """Whether `path` exists as `want` (by lstat: links are not followed); anything else is refused."""
     try:
         mode = os.lstat(path).st_mode
     except (FileNotFoundError, NotADirectoryError):
         return False
-    if not stat.S_ISREG(mode):
-        raise _refuse(path, _kind(mode))
+    if not is_kind(mode):
+        raise _refuse(path, _kind(mode), want)
     return True
+
+
+def check_regular(path: str | Path) -> bool:
+    """Whether `path` is a regular file (False: nothing there); anything else is refused."""
+    return _check(path, stat.S_ISREG, "file")
 
 
 def check_folder(path: str | Path) -> bool:
     """Whether `path` is a real folder, not a symlink to one (False: nothing there)."""
-    try:
-        mode = os.lstat(path).st_mode
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    if not stat.S_ISDIR(mode):
-        raise _refuse(path, _kind(mode), "folder")
-    return True
+    return _check(path, stat.S_ISDIR, "folder")
 
 
 def check_tree(root: str | Path) -> None:
