@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from deliberate.training import Batch
+from deliberate.training import Batch, newest_round_weights
 
 STEPS = 2**62  # the step keyspace: a map-style dataset whose item s is step s's batch
 
@@ -57,10 +57,7 @@ class LoaderSampler:
     def __init__(self, images, labels, rounds: np.ndarray, new_data_weight: float, *,
                  seed: int, batch_size: int, part: slice, start: int, stop: int,
                  workers: int = 0, pin_memory: bool = False):  # fmt: skip
-        weights = None
-        if new_data_weight != 1 and len(rounds) and rounds.max() > 0:  # as pool_sampler
-            newest = torch.as_tensor(rounds == rounds.max())
-            weights = torch.where(newest, new_data_weight, 1.0).double()
+        weights = newest_round_weights(rounds, new_data_weight)  # as pool_sampler's
         dataset = StepBatches(images, labels, weights, seed, batch_size, part)
         self.loader = torch.utils.data.DataLoader(
             dataset,

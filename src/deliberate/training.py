@@ -226,13 +226,20 @@ def uniform_sampler(images: np.ndarray | torch.Tensor, labels) -> Sampler:
     return sample
 
 
+def newest_round_weights(rounds: np.ndarray, new_data_weight: float) -> torch.Tensor | None:
+    """Per-image sampling weights with the newest round up-weighted; None when uniform."""
+    if new_data_weight == 1 or not len(rounds) or rounds.max() == 0:
+        return None
+    newest = torch.as_tensor(rounds == rounds.max())
+    return torch.where(newest, new_data_weight, 1.0).double()
+
+
 def pool_sampler(images, labels, rounds: np.ndarray, new_data_weight: float = 1.0) -> Sampler:
     """Minibatches from a pool: uniform, or with its newest round up-weighted (Table 3's
     "non-uni."); `images` may be a memory-mapped view, read per batch."""
-    if new_data_weight == 1 or rounds.max() == 0:
+    weights = newest_round_weights(rounds, new_data_weight)
+    if weights is None:
         return uniform_sampler(images, labels)
-    newest = torch.as_tensor(rounds == rounds.max())
-    weights = torch.where(newest, new_data_weight, 1.0).double()
     labels_t = torch.as_tensor(labels)
 
     def weighted(generator, batch_size, part):
