@@ -106,8 +106,10 @@ def cli_args(out: Path, generator: str) -> list[str]:
     return ["run", str(CONFIGS / "tiny.yaml"), "--out", str(out), "--quiet", *sets]
 
 
-def fork_run(args: list[str], fault: str = "", log: Path | None = None) -> int:
-    """Run `deliberate <args>` in a forked child; its exit code, or -signal if it was killed."""
+def fork_run(args: list[str], fault: str = "", log: Path | None = None,
+             counts: Path | None = None) -> int:  # fmt: skip
+    """Run `deliberate <args>` in a forked child; its exit code, or -signal if it was killed.
+    With `counts`, the child writes how often it reached each kill point there (JSON)."""
     log = log or Path(args[args.index("--out") + 1] + ".log")
     pid = os.fork()
     if pid == 0:  # the child: never return into pytest
@@ -118,8 +120,10 @@ def fork_run(args: list[str], fault: str = "", log: Path | None = None) -> int:
             os.dup2(out.fileno(), 1), os.dup2(err.fileno(), 2)
             sys.stdout, sys.stderr = out, err
             torch.manual_seed(TORCH_DEFAULT_SEED)
-            faults.arm(fault)
+            faults.arm(fault, count=counts is not None)
             code = main(args)
+            if counts is not None:
+                counts.write_text(json.dumps(faults.hit_counts()))
         except BaseException:
             traceback.print_exc()
         finally:

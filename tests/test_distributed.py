@@ -195,6 +195,24 @@ def test_two_ranks_killed_and_resumed_make_the_one_process_pool(
     assert ma[0]["train_loss"] == pytest.approx(mb[0]["train_loss"], rel=1e-6)
 
 
+@needs_data
+def test_a_two_process_run_resumes_in_one_process(one_process, generator, tmp_path):
+    """torchrun's workers SIGKILLed after round 1 (the machine lost a GPU), then the same run
+    finished by one plain process: the pool and decisions match the one-process run's."""
+    out = tmp_path / "two-then-one"
+    _kill_after_round_1(out, generator)
+    two = _torchrun(out, generator)
+    one = [sys.executable, "-m", *two[two.index("deliberate.cli") :]]  # the same run, no torchrun
+    done = subprocess.run(one, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (a, pa), (b, pb) = _pool(one_process), _pool(out)
+    assert [[r[k] for k in PLAN_KEYS] for r in a] == [[r[k] for k in PLAN_KEYS] for r in b]
+    plain = np.array([r["round"] == 0 for r in a])
+    np.testing.assert_array_equal(pa[plain], pb[plain])
+    _assert_close_images(pa[~plain], pb[~plain])  # rounds the DDP learner guided, if any
+    _assert_same_decisions(_metrics(one_process), _metrics(out))
+
+
 def test_only_rank_0_cleans_temp_files_when_claiming(tmp_path):
     """Rank 1 claims the run folder while rank 0 already writes pool.json via a temp file (a
     race CI caught): a claim with clean=False must leave every temp file alone."""

@@ -31,36 +31,44 @@ pytestmark = pytest.mark.skipif(
     not hasattr(os, "fork"),
     reason="needs os.fork and POSIX signals",
 )
-# (point, n): where the n-th hit lands in cli_args' run (helpers.SMALL: 3 shards; evals at 10..40;
-# round 1 decided at 30).
+# How often the uninterrupted run (cli_args: helpers.SMALL, 3 shards, evaluations at 10..40, round
+# 1 decided at 30, one branch-out) reaches each point; `test_hit_counts_are_the_tables` keeps it
+# honest. Every point is killed at its first and its last hit.
+HITS = {
+    "run.claimed": 1, "config.tmp_written": 1, "pool.repair_torn": 1, "pool.created": 1,
+    "generate.batch": 3, "generate.sampled": 3, "pool.shard_tmp_written": 3, "pool.staged": 3,
+    "pool.shard_renamed": 3, "pool.manifest_torn": 3, "pool.manifest_written": 3,
+    "round.generated": 2, "checkpoint.torn": 8, "checkpoint.tmp_written": 8,
+    "checkpoint.renamed": 8, "train.step": 50, "eval.done": 5, "metrics.torn": 5,
+    "metrics.appended": 5, "round.decided": 1, "fork.saved": 1, "branch.started": 1,
+    "branch.finished": 1, "report.started": 1, "report.written": 1,
+}  # fmt: skip
+# A point reached once per run is killed again on the re-run, at its first hit there, except
+# these, which a re-run does not reach again (the empty pool's first rows are on disk).
+ONCE = {"pool.repair_torn"}
+MIDDLE = [("generate.batch", 2), ("train.step", 15), ("checkpoint.torn", 2)]  # mid-run states
+
+
+def kill_chains(hits: dict[str, int], middle=(), once=frozenset()) -> list[tuple[str, ...]]:
+    """Each chain is the faults of successive runs of one command, every run killed at its own
+    fault and resumed by the next; a last, clean run finishes."""
+    chains = []
+    for p, n in hits.items():
+        if n == 1:
+            chains.append((f"{p}:1",) if p in once else (f"{p}:1", f"{p}:1"))
+        else:
+            chains += [(f"{p}:1",), (f"{p}:{n}",)]
+    return chains + [(f"{p}:{n}",) for p, n in middle]
+
+
 KILLS = [
-    ("run.claimed", 1),
-    ("config.tmp_written", 1),
-    ("pool.created", 1),
-    ("generate.batch", 2),  # round 0, one shard written
-    ("generate.sampled", 3),  # the guided batch sampled, not stored
-    ("pool.shard_tmp_written", 2),
-    ("pool.shard_renamed", 1),
-    ("pool.manifest_torn", 3),  # the guided shard's rows half written
-    ("pool.manifest_written", 2),
-    ("round.generated", 1),
-    ("checkpoint.torn", 2),
-    ("checkpoint.tmp_written", 3),
-    ("checkpoint.renamed", 4),
-    ("train.step", 15),  # mid evaluation window
-    ("eval.done", 2),
-    ("metrics.torn", 3),
-    ("metrics.appended", 2),
-    ("round.decided", 1),
-    ("fork.saved", 1),
-    ("branch.started", 1),
-    ("branch.finished", 1),
-    ("report.started", 1),
-    ("report.written", 1),
+    *kill_chains(HITS, MIDDLE, ONCE),
+    ("pool.manifest_torn:3", "pool.repair_torn:1"),  # killed while repairing a torn manifest
 ]
 # Budget branches (learner.budgets) instead of branch-outs: the 20-step budget forks at step 16.
 BUDGETS = ["practice.branch_outs=false", "learner.budgets=[20]"]
-BUDGET_KILLS = [("budget.forked", 1), ("train.step", 30), ("checkpoint.renamed", 6)]
+# budget.forked is reached once per run folder: a re-run resumes past the saved fork.
+BUDGET_KILLS = [("budget.forked:1",), ("train.step:30",), ("checkpoint.renamed:6",)]
 
 
 def exec_cmd(args: list[str]) -> list[str]:
@@ -80,10 +88,19 @@ def generator(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, generator):
-    """The uninterrupted run every interrupted one must reproduce."""
+    """The uninterrupted run every interrupted one must reproduce; its hits in `counts.json`."""
     out = tmp_path_factory.mktemp("ref") / "run"
-    assert fork_run(cli_args(out, generator)) == 0, out.with_suffix(".err").read_text()
+    code = fork_run(cli_args(out, generator), counts=out.parent / "counts.json")
+    assert code == 0, out.with_suffix(".err").read_text()
     return out
+
+
+def run_chain(args: list[str], chain: tuple[str, ...], out: Path) -> None:
+    """Kill `deliberate <args>` at each fault of `chain` in turn, then finish it cleanly."""
+    for fault in chain:
+        assert fork_run(args, fault) == -signal.SIGKILL, f"{fault} was never reached"
+        assert_crash_state_is_sane(out)
+    assert fork_run(args) == 0, Path(f"{out}.err").read_text()
 
 
 def strip(row: dict) -> dict:
@@ -134,27 +151,31 @@ def assert_crash_state_is_sane(out: Path) -> None:
     assert {r["shard"] for r in whole} <= {p.name for p in shards}
 
 
+def chain_id(chain: tuple[str, ...]) -> str:
+    return "-then-".join(chain)
+
+
 @needs_data
-@pytest.mark.parametrize("point,n", KILLS, ids=[p for p, _ in KILLS])
-def test_killed_run_resumes_to_the_identical_result(point, n, reference, generator, tmp_path):
+@pytest.mark.parametrize("chain", KILLS, ids=chain_id)
+def test_killed_run_resumes_to_the_identical_result(chain, reference, generator, tmp_path):
     out = tmp_path / "run"
-    args = cli_args(out, generator)
-    assert fork_run(args, f"{point}:{n}") == -signal.SIGKILL, f"{point}:{n} was never reached"
-    assert_crash_state_is_sane(out)
-    code = fork_run(args)
-    assert code == 0, (tmp_path / "run.err").read_text()
+    run_chain(cli_args(out, generator), chain, out)
     assert_same_result(reference, out)
 
 
 @needs_data
-@pytest.mark.parametrize("point,n", BUDGET_KILLS, ids=[f"{p}:{n}" for p, n in BUDGET_KILLS])
-def test_killed_budget_run_resumes_to_the_identical_result(point, n, generator, tmp_path):
+def test_hit_counts_are_the_tables(reference):
+    """HITS is what the reference run met: so every kill lands where its comment says."""
+    assert json.loads((reference.parent / "counts.json").read_text()) == HITS
+
+
+@needs_data
+@pytest.mark.parametrize("chain", BUDGET_KILLS, ids=chain_id)
+def test_killed_budget_run_resumes_to_the_identical_result(chain, generator, tmp_path):
     budget = [f"--set={s}" for s in BUDGETS]
     ref, out = tmp_path / "ref", tmp_path / "run"
     assert fork_run([*cli_args(ref, generator), *budget]) == 0, ref.with_suffix(".err").read_text()
-    args = [*cli_args(out, generator), *budget]
-    assert fork_run(args, f"{point}:{n}") == -signal.SIGKILL, f"{point}:{n} was never reached"
-    assert fork_run(args) == 0, (tmp_path / "run.err").read_text()
+    run_chain([*cli_args(out, generator), *budget], chain, out)
     for name in sorted(p.relative_to(ref).as_posix() for p in (ref / "pool").rglob("*")
                        if p.is_file()):  # fmt: skip
         assert (ref / name).read_bytes() == (out / name).read_bytes(), name
@@ -184,12 +205,61 @@ def test_a_checkpoint_cadence_replays_to_the_identical_result(point, n, referenc
     assert_same_result(reference, out)  # the cadence changes what is written, not the result
 
 
+# `deliberate prune` writes its final pool with Pool.append: D_0 copied over, then the kept
+# candidates (two shards), so each append point is hit twice.
+PRUNE = ["practice.branch_outs=false", "prune.ratio=2", "prune.selected=10",
+         "learner.iterations=20"]  # fmt: skip
+APPEND_HITS = {"pool.append_tmp_written": 2, "pool.append_renamed": 2,
+               "pool.append_manifest_torn": 2, "pool.append_manifest_written": 2}  # fmt: skip
+APPEND_KILLS = kill_chains(APPEND_HITS)
+
+
+def prune_args(out: Path, generator: str) -> list[str]:
+    args = cli_args(out, generator)
+    return ["prune", *args[1:], *(f"--set={s}" for s in PRUNE)]
+
+
+@pytest.fixture(scope="module")
+def prune_reference(tmp_path_factory, generator):
+    out = tmp_path_factory.mktemp("prune") / "run"
+    code = fork_run(prune_args(out, generator), counts=out.parent / "counts.json")
+    assert code == 0, out.with_suffix(".err").read_text()
+    return out
+
+
+@needs_data
+def test_prune_hit_counts_are_the_tables(prune_reference):
+    counts = json.loads((prune_reference.parent / "counts.json").read_text())
+    assert {p: n for p, n in counts.items() if p in APPEND_HITS} == APPEND_HITS
+
+
+@needs_data
+@pytest.mark.parametrize("chain", APPEND_KILLS, ids=chain_id)
+def test_killed_prune_run_resumes_to_the_identical_pool(chain, prune_reference, generator,
+                                                        tmp_path):  # fmt: skip
+    """The append path (its own point names) loses nothing either: same pool, same metrics."""
+    out = tmp_path / "run"
+    run_chain(prune_args(out, generator), chain, out)
+    ref, got = Pool(prune_reference / "train" / "pool"), Pool(out / "train" / "pool")
+    assert got.verify() == len(ref) == 30 and got.records() == ref.records()  # D_0 + 10 kept
+    assert np.array_equal(got.load_all()[0], ref.load_all()[0])
+    assert not list(out.rglob(".*.tmp"))
+    sub = "train/metrics.jsonl"
+    assert metrics(out / sub) == metrics(prune_reference / sub)
+
+
 def test_every_kill_point_is_placed_and_tested():
-    tested = {p for p, _ in KILLS} | {p for p, _ in BUDGET_KILLS}
-    assert sorted(tested) == sorted(faults.POINTS) and len(faults.POINTS) >= 20
-    source = "".join(p.read_text() for p in (SRC / "deliberate").rglob("*.py"))
+    """Every point is placed in the code, and killed at its first and last hit by some test."""
+    chains = [*KILLS, *BUDGET_KILLS, *APPEND_KILLS]
+    tested = {f for chain in chains for f in chain}
+    hits = {**HITS, "budget.forked": 1, **APPEND_HITS}
+    assert sorted(hits) == sorted(faults.POINTS) and len(faults.POINTS) >= 30
+    for p, n in hits.items():
+        assert {f"{p}:1", f"{p}:{n}"} <= tested, p
+    source = "".join(p.read_text() for p in (SRC / "deliberate").rglob("*.py")
+                     if p.name != "faults.py")  # fmt: skip
     for name in faults.POINTS:
-        assert f'point("{name}")' in source, name
+        assert f'"{name}"' in source, name
 
 
 @needs_data
@@ -216,6 +286,25 @@ def test_signal_stops_at_a_safe_point_and_resumes(
         assert ckpt["trainer"]["step"] == 15 and len(ckpt["loop"]["losses"]) == 5
     if fault.startswith("generate.batch"):  # the first shard is kept, the second not begun
         assert len(Pool(out / "pool")) == 10
+    assert fork_run(args) == 0
+    assert_same_result(reference, out)
+
+
+@needs_data
+def test_a_second_sigint_stops_at_once(reference, generator, tmp_path):
+    """Ctrl-C twice: the second stops right there, not at the next safe point. A batch sampled
+    when the first arrives is then dropped (one SIGINT stores it first), and the re-run still
+    finishes identically."""
+    patient, out = tmp_path / "patient", tmp_path / "run"
+    assert fork_run(cli_args(patient, generator), "generate.sampled:1:INT") == 130
+    assert len(Pool(patient / "pool")) == 10  # one signal: the batch is stored, then it stops
+    args = cli_args(out, generator)
+    assert fork_run(args, "generate.sampled:1:INT:2") == 130
+    assert (tmp_path / "run.err").read_text() == (
+        "deliberate: stopped at once by a second SIGINT; everything written so far is kept (a "
+        "half-written file is discarded); re-run the same command to resume\n"
+    )
+    assert len(Pool(out / "pool")) == 0 and not (out / "pool" / "staging").exists()
     assert fork_run(args) == 0
     assert_same_result(reference, out)
 

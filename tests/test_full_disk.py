@@ -18,7 +18,8 @@ import pytest
 
 from deliberate.cli import main
 from deliberate.data.pool import Pool
-from tests.helpers import tiny_backend
+from tests.helpers import cli_args, fork_run, make_generator, needs_data, tiny_backend
+from tests.test_faults import assert_same_result
 
 PER_CLASS = 6  # 60 images: ~106 KiB by the estimate, ~250 KiB on tmpfs at one image per shard
 
@@ -67,3 +68,41 @@ def test_a_full_disk_during_generate_is_one_line_and_loses_nothing(tmp_path, cap
         assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
     finally:
         subprocess.run(["umount", str(disk)], check=True)
+
+
+@needs_data
+def test_a_full_disk_during_run_is_one_line_and_the_rerun_is_identical(tmp_path, monkeypatch):
+    """`deliberate run` on an 8 MiB tmpfs: round 0 and the first 4.7 MB checkpoint fit, a later
+    checkpoint (written beside the old one, then renamed) does not. One line, exit 2, the run
+    folder intact; with room again the same command finishes with the reference's bytes."""
+    monkeypatch.setenv("DELIBERATE_RESERVE_BYTES", "0")  # the pre-check passes on a tiny disk
+    gen = make_generator(_Factory(tmp_path))
+    ref = tmp_path / "ref"
+    assert fork_run(cli_args(ref, gen)) == 0, ref.with_suffix(".err").read_text()
+    disk = tmp_path / "disk"
+    mount_tmpfs(disk, "8m")
+    try:
+        out, log = disk / "run", tmp_path / "run.log"
+        assert fork_run(cli_args(out, gen), log=log) == 2, log.with_suffix(".err").read_text()
+        err = log.with_suffix(".err").read_text()
+        assert err.startswith(f"deliberate: error: the disk of {out} is full") and \
+            err.count("\n") == 1 and "re-run the same command" in err, err  # fmt: skip
+        assert Pool(out / "pool").verify() == len(Pool(out / "pool")) > 0
+        assert not list(out.rglob(".*.tmp"))  # no half-written file left to fill the disk
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        assert fork_run(cli_args(out, gen), log=log) == 0, log.with_suffix(".err").read_text()
+        assert_same_result(ref, out)
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+class _Factory:
+    """tmp_path_factory's mktemp, inside one test's tmp_path."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def mktemp(self, name: str) -> Path:
+        path = self.root / name
+        path.mkdir()
+        return path

@@ -24,6 +24,8 @@ import torch
 
 from deliberate.cli import main
 from deliberate.data.pool import Pool
+from deliberate.errors import DeliberateError
+from deliberate.rounds import load_twins
 from tests.helpers import cli_args, fork_run, make_generator, needs_data
 
 SHAPE, CLASSES = (8, 8), ["a", "b", "c"]
@@ -464,3 +466,20 @@ def test_the_tables_count_the_distinct_bad_inputs():
     tables = POOL_CASES + REPAIRED + RUN_CASES + LEARNER_CASES
     ids = [c[0] for c in tables] + ["generate-symlink", "sweep-point-outside"]  # the two tests
     assert len(ids) == len(set(ids)) >= 98
+
+
+@pytest.mark.parametrize("member,shape", [("plain", (10**11, 28, 28)), ("seeds", (10**11,))])
+def test_a_hostile_twins_header_is_one_line_without_allocating(tmp_path, member, shape):
+    """Twins are read with the shards' header checks: a header claiming 10^11 entries is refused
+    before any array is allocated."""
+    (tmp_path / "twins").mkdir()
+    path = tmp_path / "twins" / "round-1.npz"
+    ok = {"plain": np.zeros((2, 28, 28), np.uint8), "seeds": np.arange(2)}
+    with zipfile.ZipFile(path, "w") as z:
+        for name, a in ok.items():
+            data = npy(shape, a.dtype, a.tobytes()) if name == member else npy(a.shape, a.dtype,
+                                                                             a.tobytes())  # fmt: skip
+            z.writestr(f"{name}.npy", data)
+    with pytest.raises(DeliberateError, match=r"round-1.npz is unreadable \(.*header claims") as e:
+        load_twins(tmp_path)
+    assert "\n" not in str(e.value) and "delete it" in str(e.value)

@@ -126,7 +126,7 @@ def test_simulated_crash_is_repaired_on_open(tmp_path, damage):
 def test_crash_between_rename_and_manifest_write(tmp_path, monkeypatch):
     pool, _ = filled(tmp_path, (5, 5))
 
-    def die(self, payload):
+    def die(self, payload, torn):
         raise KeyboardInterrupt("killed")
 
     monkeypatch.setattr(Pool, "_write_rows", die)

@@ -3,9 +3,11 @@
 Kill points. `point(name)` marks a moment where a crash must lose nothing. With the environment
 variable `DELIBERATE_FAULT=name[:n]` set, the process SIGKILLs itself the n-th time (default 1st)
 it reaches that point: no `finally`, no flush, exactly what a preempted machine leaves behind.
-`name:n:TERM` (or INT) sends that signal instead, to test graceful stops at a precise moment.
-Unset (always, outside tests), `point` is one comparison. `POINTS` lists every placed name;
-tests/test_faults.py kills a real run at each and checks the re-run finishes identically.
+`name:n:TERM` (or INT) sends that signal instead, to test graceful stops at a precise moment;
+`name:n:INT:2` sends it twice (an impatient user: the second must stop at once).
+Unset (always, outside tests), `point` is two comparisons. `POINTS` lists every placed name;
+tests/test_faults.py kills a real run at the first and the last hit of each (counted by
+`arm(count=True)` in the uninterrupted run) and checks the re-run finishes identically.
 
 Signals. Inside `graceful_stop()`, SIGINT and SIGTERM only set a flag; the run polls
 `stop_requested()` at safe points (after a training step, between sampling batches), writes its
@@ -24,6 +26,7 @@ import shutil
 import signal
 import sys
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,6 +47,12 @@ POINTS = (
     "pool.shard_renamed",  # shard visible, its manifest rows not yet written
     "pool.manifest_torn",  # half of a shard's manifest rows written
     "pool.manifest_written",  # shard and rows complete
+    "pool.staged",  # a shard complete in staging/, not yet committed into the pool
+    "pool.append_tmp_written",  # Pool.append (prune, copies): shard temp file complete
+    "pool.append_renamed",  # Pool.append: shard visible, its rows not yet written
+    "pool.append_manifest_torn",  # Pool.append: half of the shard's rows written
+    "pool.append_manifest_written",  # Pool.append: shard and rows complete
+    "pool.repair_torn",  # opening a pool: half of the rows it re-derives written
     "round.generated",  # every image of a round in the pool, loop state not yet saved
     "checkpoint.torn",  # half of a checkpoint's temp file written
     "checkpoint.tmp_written",  # checkpoint temp file complete, not renamed
@@ -61,34 +70,45 @@ POINTS = (
     "report.written",  # report written, summary not yet printed
 )
 
-_target: tuple[str, int, int] | None = None
+_target: tuple[str, int, int, int] | None = None
 _hits = 0
+_counts: Counter[str] | None = None
 
 
-def arm(spec: str | None = None) -> None:
-    """Read `name[:n[:SIGNAL]]` from `spec` (default: $DELIBERATE_FAULT); reset the hit count."""
-    global _target, _hits
+def arm(spec: str | None = None, count: bool = False) -> None:
+    """Read `name[:n[:SIGNAL[:times]]]` from `spec` (default: $DELIBERATE_FAULT); reset hits.
+    With `count`, every point's hits are counted too (`hit_counts`)."""
+    global _target, _hits, _counts
     spec = os.environ.get(FAULT_ENV, "") if spec is None else spec
     _hits = 0
+    _counts = Counter() if count else None
     if not spec:
         _target = None
         return
-    name, n, sig, *_ = [*spec.split(":"), "", ""]
+    name, n, sig, times, *_ = [*spec.split(":"), "", "", ""]
     try:
-        _target = (name, int(n or 1), signal.Signals[f"SIG{sig or 'KILL'}"])
+        _target = (name, int(n or 1), signal.Signals[f"SIG{sig or 'KILL'}"], int(times or 1))
     except (ValueError, KeyError):
         _target = None
-        raise DeliberateError(f"${FAULT_ENV}={spec!r} is not NAME[:N[:SIGNAL]]") from None
+        raise DeliberateError(f"${FAULT_ENV}={spec!r} is not NAME[:N[:SIGNAL[:TIMES]]]") from None
 
 
 def point(name: str) -> None:
     """A kill point: signal this process here if it is the armed one and its turn has come."""
     global _hits
+    if _counts is not None:
+        _counts[name] += 1
     if _target is None or _target[0] != name:
         return
     _hits += 1
     if _hits == _target[1]:
-        os.kill(os.getpid(), _target[2])
+        for _ in range(_target[3]):
+            os.kill(os.getpid(), _target[2])
+
+
+def hit_counts() -> dict[str, int]:
+    """How often each point was reached since `arm(count=True)` (empty when not counting)."""
+    return dict(_counts or {})
 
 
 try:
@@ -100,9 +120,12 @@ except DeliberateError as e:  # a test knob: warn, never stop a real run over it
 class Interrupted(Exception):
     """The run stopped at a safe point after SIGINT/SIGTERM; `exit_code` is 128 + signal."""
 
-    def __init__(self, signum: int, resume: str):
+    def __init__(self, signum: int, resume: str, at_once: bool = False):
         name = signal.Signals(signum).name
-        super().__init__(f"stopped by {name} at a safe point, all work so far saved; {resume}")
+        what = (f"stopped at once by a second {name}; everything written so far is kept (a "
+                "half-written file is discarded)" if at_once else
+                f"stopped by {name} at a safe point, all work so far saved")  # fmt: skip
+        super().__init__(f"{what}; {resume}")
         self.exit_code = 128 + signum
 
 
@@ -124,7 +147,7 @@ def raise_if_stopped() -> None:
 def _on_signal(signum, frame) -> None:
     global _requested
     if _requested is not None:  # impatient: a second signal stops right here
-        raise Interrupted(signum, RESUME)
+        raise Interrupted(signum, RESUME, at_once=True)
     _requested = signum
 
 

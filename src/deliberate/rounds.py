@@ -13,7 +13,6 @@ any prefix of a plan is class-balanced, so the first n images of a pool are the 
 from __future__ import annotations
 
 import time
-import zipfile
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -23,6 +22,7 @@ from tqdm.auto import tqdm
 from deliberate import accounting, distributed, faults
 from deliberate.data.files import _one_line, atomic_file, check_folder, check_regular, open_inside
 from deliberate.data.pool import Pool
+from deliberate.data.shards import LOAD_ERRORS, read_npz
 from deliberate.errors import DeliberateError
 from deliberate.generate import SampleFn, generate_into_pool
 from deliberate.generators.base import Backend, to_uint8
@@ -225,8 +225,8 @@ def load_twins(root) -> dict[int, dict]:
     found = sorted((root / "twins").glob("round-*.npz")) if check_folder(root / "twins") else []
     for path in (p for p in found if p.stem[6:].isdigit()):
         try:
-            with open_inside(root, f"twins/{path.name}") as f, np.load(f, allow_pickle=False) as z:
-                twins[int(path.stem[6:])] = dict(z)
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            with open_inside(root, f"twins/{path.name}") as f:
+                twins[int(path.stem[6:])] = read_npz(f)
+        except LOAD_ERRORS as e:
             raise DeliberateError(f"{path} is unreadable ({_one_line(e)}); delete it") from None
     return twins

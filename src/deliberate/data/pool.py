@@ -152,9 +152,9 @@ class Pool(Staging):
             packed = np.frombuffer(_dumps(rows).encode(), np.uint8)  # no pickles in shards
             with atomic_file(self._shard_dir / name) as f:
                 np.savez(f, images=images, ids=ids, labels=labels, rows=packed)
-                faults.point("pool.shard_tmp_written")
-            faults.point("pool.shard_renamed")
-            self._publish(name, payload, cols)
+                faults.point("pool.append_tmp_written")
+            faults.point("pool.append_renamed")
+            self._publish(name, payload, cols, append=True)
         return ids.tolist()
 
     def _columns(self, rows: list[dict], first: int, name: str) -> tuple[bytes, dict]:
@@ -165,11 +165,11 @@ class Pool(Staging):
         except Damaged as e:
             raise self._err(f"{e}; columns hold numbers of that type only") from None
 
-    def _publish(self, name: str, payload: bytes, cols: dict) -> None:
+    def _publish(self, name: str, payload: bytes, cols: dict, append: bool = False) -> None:
         """A shard now in shards/ (lock held): its manifest rows, then its column file."""
         # A crash here leaves a complete shard without rows; the next open re-derives them.
-        self._write_rows(payload)
-        faults.point("pool.manifest_written")
+        self._write_rows(payload, "pool.append_manifest_torn" if append else "pool.manifest_torn")
+        faults.point("pool.append_manifest_written" if append else "pool.manifest_written")
         with open_inside(self.root, Path("shards") / name) as f:
             cols["stamp"] = np.array(shard_stamp(f), np.int64)
         self._write_columns([(name, cols)])
@@ -244,7 +244,8 @@ class Pool(Staging):
             return rows
         with self._lock():  # a row the columns contradict: rebuild the manifest from its shard
             self._size = sum(self._cols.nbytes[:j])
-            self._write_rows(b"".join(self._rows_bytes(name) for name in self.shards[j:]))
+            payload = b"".join(self._rows_bytes(name) for name in self.shards[j:])
+            self._write_rows(payload, "pool.repair_torn")
         return self.records()
 
     def _rows_bytes(self, name: str) -> bytes:
@@ -374,7 +375,7 @@ class Pool(Staging):
                     *self.root.glob("columns/.*.tmp")]:  # fmt: skip
             tmp.unlink()  # a writer died before its rename, so nobody ever saw this file
         if payload or size != self._size:
-            self._write_rows(payload)
+            self._write_rows(payload, "pool.repair_torn")
         self._write_columns(fresh)
 
     def _cached_columns(self, name: str, first: int) -> dict | None:
@@ -405,13 +406,14 @@ class Pool(Staging):
         except Damaged as e:
             raise self._corrupt(name, str(e)) from e
 
-    def _write_rows(self, payload: bytes) -> None:
-        """Cut the manifest after the rows we trust (dropping a stale tail), append, and sync."""
+    def _write_rows(self, payload: bytes, torn: str) -> None:
+        """Cut the manifest after the rows we trust (dropping a stale tail), append, and sync;
+        `torn` names the kill point between the two halves of the rows."""
         with open_inside(self.root, "manifest.jsonl", "ab") as f:
             f.truncate(self._size)
             f.write(payload[: len(payload) // 2])
             f.flush()
-            faults.point("pool.manifest_torn")
+            faults.point(torn)
             f.write(payload[len(payload) // 2 :])
             f.flush()
             os.fsync(f.fileno())

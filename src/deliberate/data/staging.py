@@ -50,6 +50,7 @@ class Staging:
         with atomic_file(self._staging / name) as f:
             np.savez(f, images=images, ids=ids, labels=labels, rows=packed)
             faults.point("pool.shard_tmp_written")
+        faults.point("pool.staged")
 
     def staged(self) -> dict[int, list[int]]:
         """The complete staged shards: shard number -> the seeds of its images, in order."""
