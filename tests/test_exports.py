@@ -3,7 +3,9 @@ PoolDataset) with the pool's pixels, labels and manifest columns; refusals chang
 
 from __future__ import annotations
 
+import os
 import pickle
+import signal
 import subprocess
 import sys
 import tarfile
@@ -190,3 +192,33 @@ def test_bad_arguments_are_one_line_errors(tmp_path, monkeypatch):
     with pytest.raises(DeliberateError, match=r"pip install 'deliberate\[hf\]'"):
         export_hf(pool, tmp_path / "h")
     assert not (tmp_path / "w").exists() and not (tmp_path / "h").exists()
+
+
+@pytest.mark.parametrize("fmt", ["imagefolder", "webdataset"])
+def test_sigint_during_export_keeps_the_old_output_and_says_export_again(tmp_path, capsys,
+                                                                         monkeypatch, fmt):  # fmt: skip
+    """A real SIGINT on the 4th image: exit 130, one line that does not promise a resume, the
+    replaced --out untouched and no temp folder left beside it."""
+    from PIL import Image
+
+    pool = make_pool(tmp_path / "pool", GREY, sizes=(5, 3))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    save, calls = Image.Image.save, []
+
+    def interrupted_save(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            os.kill(os.getpid(), signal.SIGINT)  # Python's own handler: KeyboardInterrupt
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", interrupted_save)
+    code = main(["export", str(pool.root), "--format", fmt, "--out", str(out), "--force"])
+    err = capsys.readouterr().err
+    assert code == 130 and len(calls) == 4, err
+    assert err == (f"deliberate: interrupted; nothing was written to {out} (an export is built "
+                   "under a temp name and renamed when whole); re-run the same command to "
+                   "export it again\n")  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "pool"]
+    assert [p.name for p in out.iterdir()] == ["mine.txt"] and Pool(pool.root).verify() == 8

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 
 from deliberate.errors import DeliberateError
@@ -162,12 +163,18 @@ def cmd_export(args) -> int:
     from deliberate.data.pool import Pool
 
     pool = Pool(args.pool)
-    if args.format == "npz":
-        export.export_npz(pool, args.out, force=args.force)
-    else:
-        write = {"imagefolder": export.export_imagefolder, "hf": export.export_hf,
-                 "webdataset": export.export_webdataset}[args.format]  # fmt: skip
-        write(pool, args.out, pool.class_names, force=args.force)
+    try:
+        if args.format == "npz":
+            export.export_npz(pool, args.out, force=args.force)
+        else:
+            write = {"imagefolder": export.export_imagefolder, "hf": export.export_hf,
+                     "webdataset": export.export_webdataset}[args.format]  # fmt: skip
+            write(pool, args.out, pool.class_names, force=args.force)
+    except KeyboardInterrupt:  # an export does not resume: it is built whole, then renamed
+        print(f"deliberate: interrupted; nothing was written to {args.out} (an export is built "
+              "under a temp name and renamed when whole); re-run the same command to export "
+              "it again", file=sys.stderr)  # fmt: skip
+        return 130
     print(f"exported {len(pool)} images to {args.out} ({args.format})")
     return 0
 
