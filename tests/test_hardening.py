@@ -462,10 +462,11 @@ def test_generate_refuses_a_damaged_learner_before_creating_the_pool(
 
 
 def test_the_tables_count_the_distinct_bad_inputs():
-    """docs/reliability.md states this count (98), with test_validation.py's 57."""
+    """docs/reliability.md states this count (100), with test_validation.py's 57."""
     tables = POOL_CASES + REPAIRED + RUN_CASES + LEARNER_CASES
-    ids = [c[0] for c in tables] + ["generate-symlink", "sweep-point-outside"]  # the two tests
-    assert len(ids) == len(set(ids)) >= 98
+    singles = ["generate-symlink", "sweep-point-outside", "twins-plain", "twins-seeds"]  # tests
+    ids = [c[0] for c in tables] + singles
+    assert len(ids) == len(set(ids)) >= 100
 
 
 @pytest.mark.parametrize("member,shape", [("plain", (10**11, 28, 28)), ("seeds", (10**11,))])
