@@ -150,6 +150,7 @@ class Pool(Staging):
             shape = tuple(images.shape[1:])
             if self.image_shape is not None and shape != self.image_shape:
                 raise self._err(f"images are {shape}, the pool holds {self.image_shape}; resize")
+            self.codec.check_shape(shape)  # before the first append fixes the shape
             first, name = len(self), _shard_name(len(self._shards))
             rows = [self._row(first + i, name, i, r) for i, r in enumerate(records)]
             payload, cols = self._columns(rows, first, name)
