@@ -330,6 +330,7 @@ HOSTILE = {
     "not from 0": lambda o, c: (o + 1, c),
     "short": lambda o, c: (o[:-1], c),
     "floats": lambda o, c: (o.astype(np.float64), c),
+    "uint64 wrapping": lambda o, c: (np.array([0, 2**63, o[-1]], np.uint64), c),
     "2-d": lambda o, c: (o.reshape(1, -1), c),
     "crc too big": lambda o, c: (o, c + 2**40),
 }

@@ -127,6 +127,8 @@ def check_offsets(offsets: np.ndarray, crc: np.ndarray, total: int, n: int) -> s
     """Why offsets (and CRCs) cannot cut `total` encoded bytes into n images, or None if they can."""
     if offsets.shape != (n + 1,) or crc.shape != (n,):
         return f"its offsets are {offsets.shape} and crc32 {crc.shape}, not ({n + 1},), ({n},)"
+    if offsets.dtype != np.int64 or crc.dtype != np.int64:  # uint64 would wrap in the checks
+        return f"its offsets are {offsets.dtype} and crc32 {crc.dtype}, not int64"
     if offsets[0] != 0 or offsets[-1] != total or (np.diff(offsets) <= 0).any():
         return f"its offsets do not cut its {total:,} encoded bytes into {n} images"
     if crc.min() < 0 or crc.max() >= 2**32:
