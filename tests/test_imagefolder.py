@@ -146,6 +146,7 @@ def test_paper_presets_carry_the_recipe(name):
     in1k = name.startswith("imagenet1k")
     lrn, p = cfg.learner, cfg.practice
     assert cfg.generator.kind == "stable_diffusion" and cfg.data.kind == "imagefolder"
+    assert (cfg.pool.codec, cfg.pool.quality) == ("jpeg", 90)  # 256² RGB pools compressed
     assert cfg.generator.sampler.cfg == 3.0 and cfg.generator.sampler.scheduler == "ddim"
     assert (lrn.arch, lrn.input_size, lrn.label_smoothing) == ("vit_b_16", 224, 0.11)
     assert (lrn.mixup_alpha, lrn.cutmix_alpha, lrn.warmup_frac, lrn.cooldown_frac) == (

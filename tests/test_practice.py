@@ -234,5 +234,6 @@ def test_presets_load_and_static_matches_the_dp_budget():
     assert static.practice.per_round == 0 and static.guidance.omega == 0
     assert static.practice.initial == static.practice.max_images == dp.practice.max_images
     assert static.learner == dp.learner and static.generator == dp.generator
+    assert dp.pool.codec == static.pool.codec == tiny.pool.codec == "raw"  # 28² grey: raw
     with pytest.raises(DeliberateError, match="max_images=50 is below initial=100"):
         load_config(PracticeConfig, CONFIGS / "tiny.yaml", ["practice.max_images=50"])

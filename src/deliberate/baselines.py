@@ -99,7 +99,7 @@ def _candidates(cfg: PruneConfig, backend, scorer, pool: Pool, progress: bool) -
     """Sample and score the R * M candidates the pool lacks; returns the ledger of the request."""
     s, n = cfg.generator.sampler, cfg.prune.candidates
     pairs = round_plan(backend.num_classes, n, cfg.seed, CANDIDATE_ROUND)
-    sample_fn = guided_batch(backend, s, scorer, device=cfg.device)  # plain, scored by it
+    sample_fn = guided_batch(backend, s, scorer, device=cfg.device, codec=pool.codec)  # plain
 
     t0 = time.perf_counter()
     extra = {"round": 1, "omega": 0.0}
@@ -169,7 +169,10 @@ def run_prune(cfg: PruneConfig, out_dir: str | Path, progress: bool = True, call
 
         trd = RunDir(root / "train")
         trd.claim(to_dict(train_cfg), defaults=to_dict(PracticeConfig()))
-        pool = Pool.open_or_create(trd.root / "pool", scorer_pool.meta)
+        # Copies of decoded lossy images are stored losslessly: re-encoding would change the
+        # pixels the candidates were scored on.
+        lossless = {"codec": "png"} if scorer_pool.codec.lossy else {}
+        pool = Pool.open_or_create(trd.root / "pool", {**scorer_pool.meta, **lossless})
         _fill_train_pool(pool, scorer_pool, cands, chosen, cfg.prune.keep_initial)
         run = Run(train_cfg, backend, split, pool, trd, progress, callback, tag="prune")
         # From scratch, the pool is complete: train on it, no rounds.

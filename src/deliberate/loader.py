@@ -1,7 +1,7 @@
 """Minibatches through a torch DataLoader: worker processes read the pool, batches keyed by step.
 
 With `learner.loader: workers` the batch of step s is drawn from a generator seeded by
-(seed, s) alone, and `learner.workers` processes read (and, for compressed pools, will decode) it
+(seed, s) alone, and `learner.workers` processes read (and, for compressed pools, decode) it
 ahead of the learner, with pinned memory on CUDA. So a batch depends on (seed, step) only: not
 on the number of workers, not on how far the loader has prefetched, and a resumed run draws the
 same batches without saving any loader state. `loader: inline` (the default) keeps drawing

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from deliberate import accounting, branches, distributed, faults, rounds
 from deliberate.config import field, to_dict
 from deliberate.data import DataSettings, load_classes, load_split
+from deliberate.data.codecs import PoolSettings
 from deliberate.data.pool import Pool
 from deliberate.errors import DeliberateError
 from deliberate.generators import GeneratorSettings, check_fits, load_backend, pool_meta
@@ -90,6 +91,7 @@ class PracticeConfig:
     device: str = field("cpu", "torch device of generator and learner", choices=("cpu", "cuda"))
     data_dir: str | None = field(None, "Fashion-MNIST idx folder; null = the default lookup")
     data: DataSettings = field(DataSettings(), "real val/test data: fashion_mnist or imagefolder")
+    pool: PoolSettings = field(PoolSettings(), "how a new pool stores images: raw, png, jpeg, webp")
 
     def validate(self) -> None:
         p, lrn = self.practice, self.learner
@@ -379,6 +381,8 @@ def run_practice(
         split, classes = load_split(cfg.data, cfg.data_dir, backend.image_shape)
         c, h, w = backend.image_shape
         check_fits(backend, split)  # all checks before the first byte is written
+        meta = {**pool_meta(backend), **cfg.pool.meta()}
+        cfg.pool.check_shape(meta["image_shape"])  # e.g. jpeg cannot store 4 channels
         if tensorboard is not None:
             from deliberate.tensorboard import TensorBoardSink, writer_class
 
@@ -390,7 +394,7 @@ def run_practice(
         main = Run(cfg, backend, split, None, rd, progress, callback)
         ckpt = rd.load_checkpoint(check=main.load)  # a wrong structure: refused, nothing written
         with distributed.main_first():  # rank 0 creates (or repairs) it, then the others open it
-            pool = Pool.open_or_create(rd.root / "pool", pool_meta(backend))  # refuses another's
+            pool = Pool.open_or_create(rd.root / "pool", meta)  # refuses another's (or codec)
             if distributed.is_main():  # all is checked: only now go a killed writer's temp files
                 rd.clean_temp()
         faults.point("pool.created")

@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from deliberate import accounting, distributed, faults
+from deliberate.data.codecs import PoolSettings
 from deliberate.data.files import _one_line, atomic_file, check_folder, check_regular, open_inside
 from deliberate.data.pool import Pool
 from deliberate.data.shards import LOAD_ERRORS, read_npz
@@ -66,11 +67,13 @@ def guided_batch(
     device: str = "cpu",
     ledger: dict | None = None,
     on_batch: Callable[[list[int]], None] | None = None,
+    codec: PoolSettings | None = None,
 ) -> SampleFn:
     """The function that turns (labels, seeds) into one batch; every command samples through it.
 
-    With a `learner`, each image is scored by it on the image exactly as stored (uint8): entropy
-    and prediction (the prune baseline's candidates: `guidance` None). With `guidance` too, it is
+    With a `learner`, each image is scored by it on the image exactly as the pool gives it back
+    (uint8, and encoded then decoded with the pool's lossy `codec`): entropy and prediction
+    (the prune baseline's candidates: `guidance` None). With `guidance` too, it is
     guided by it (when ω > 0) and the guidance steps it skipped are recorded per image, so a
     resumed request adds up the same. Non-finite pixels are refused
     before anything of the batch is written. A SIGINT/SIGTERM stops before a batch.
@@ -91,7 +94,7 @@ def guided_batch(
                 "this batch was written: check generator.path and its weights"
             )
         if learner is not None:
-            out.extras.update(score_stored(learner, out.images, device))
+            out.extras.update(score_stored(learner, out.images, device, codec))
         if learner is not None and guidance is not None:  # a guided request, even at ω = 0
             skipped = hook.skipped_rows if hook is not None else None
             out.extras["guidance_skipped"] = torch.zeros(len(seeds)) if skipped is None else skipped
@@ -126,7 +129,7 @@ def generate_round(cfg, backend: Backend, pool: Pool, k: int, learner, ledger: d
     if learner is not None:
         extra["fingerprint"] = learner_fingerprint(learner)
     sample_fn = guided_batch(backend, s, learner, cfg.guidance, device=cfg.device, ledger=ledger,
-                             on_batch=on_batch)  # fmt: skip
+                             on_batch=on_batch, codec=pool.codec)  # fmt: skip
     t0 = time.perf_counter()
     if m > n:  # oversample, then keep the n highest-entropy candidates (same seeds if m = n)
         pairs, sample_fn = select_candidates(cfg, backend, k, pairs, n, sample_fn, progress)
@@ -208,7 +211,7 @@ def save_twins(pool: Pool, backend: Backend, settings: SamplerSettings, k: int, 
     guided, labels = pool.get(ids)
     seeds = cols["seed"][ids]
     out = sample(backend, torch.as_tensor(labels), seeds.tolist(), settings)
-    plain = to_uint8(out.images.cpu())
+    plain = torch.from_numpy(pool.codec.roundtrip(to_uint8(out.images.cpu()).numpy()))  # as stored
     with torch.no_grad():
         h_plain = learner.entropy(to_float01(plain).to(device)).cpu().numpy()
     if not check_folder(path.parent):

@@ -15,13 +15,18 @@ from deliberate.generators.base import to_uint8
 from deliberate.learner import predictive_entropy, to_float01
 
 
-def score_stored(learner, images01: torch.Tensor, device) -> dict[str, torch.Tensor]:
-    """The learner's entropy and prediction on images exactly as the pool stores them (uint8).
+def score_stored(learner, images01: torch.Tensor, device, codec=None) -> dict[str, torch.Tensor]:
+    """The learner's entropy and prediction on images exactly as the pool gives them back.
 
     Scoring the rounded pixels, not the sampler's floats, makes the recorded entropy the one a
-    later reader of the pool measures. Returns CPU tensors {"entropy", "learner_pred"}.
+    later reader of the pool measures; with a lossy `codec` (the pool's PoolSettings) the pixels
+    are encoded and decoded first, as the pool will store them. Returns CPU tensors
+    {"entropy", "learner_pred"}.
     """
-    stored = to_float01(to_uint8(images01.detach().cpu())).to(device)
+    stored = to_uint8(images01.detach().cpu())
+    if codec is not None and codec.lossy:  # score what the learner will train on
+        stored = torch.from_numpy(codec.roundtrip(stored.numpy()))
+    stored = to_float01(stored).to(device)
     with torch.no_grad():
         logits = learner(stored)
     return {"entropy": predictive_entropy(logits).cpu(), "learner_pred": logits.argmax(-1).cpu()}

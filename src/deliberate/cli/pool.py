@@ -50,6 +50,7 @@ def cmd_generate(args) -> int:
 
     from deliberate import distributed, faults
     from deliberate.config import check_fields
+    from deliberate.data.codecs import PoolSettings
     from deliberate.data.imagefolder import ClassList, read_class_file
     from deliberate.data.pool import Pool
     from deliberate.generate import check_classes, generate_into_pool
@@ -77,6 +78,8 @@ def cmd_generate(args) -> int:
     settings = SamplerSettings(steps=args.steps, cfg=args.cfg, eta=args.eta,
                                scheduler=args.scheduler)  # fmt: skip
     check_fields(settings, "--")  # e.g. "--cfg: nan is out of range"
+    store = PoolSettings(codec=args.codec, quality=args.quality)
+    check_fields(store, "--")  # "--quality: 0 is out of range (must be >= 1)"
     names = tuple(read_class_file(args.class_names)) if args.class_names else None
     latent = LatentSettings(prompt=args.prompt, dtype=args.dtype, class_ids=args.class_ids or [])
     gen = GeneratorSettings(
@@ -86,6 +89,8 @@ def cmd_generate(args) -> int:
     classes = check_classes(backend, args.classes)
     pairs = plan(classes, args.per_class, args.seed)
     c, h, w = backend.image_shape
+    meta = {**pool_meta(backend, with_generator=False), **store.meta()}
+    store.check_shape(meta["image_shape"])
     learner, guidance, extra = None, None, {"round": 0, "omega": 0.0}
     if args.learner is not None or args.guide is not None:  # entropy guidance (paper §3)
         guidance = GuidanceSettings()  # the default ω, unless --omega says otherwise
@@ -113,11 +118,11 @@ def cmd_generate(args) -> int:
         )
     # The same batch the practice loop samples: guided and scored by the learner when there is
     # one, NaN pixels refused, skipped guidance steps recorded per image.
-    sample_fn = guided_batch(backend, settings, learner, guidance, device=args.device)
+    sample_fn = guided_batch(backend, settings, learner, guidance, device=args.device, codec=store)
     faults.ensure_free_space(args.out, len(pairs) * (c * h * w + 1024), f"{len(pairs)} images")
     distributed.init("cpu")  # under torchrun: K CPU processes share the batches (gloo)
     with distributed.main_first():  # everything is checked: only now is anything written
-        pool = Pool.open_or_create(args.out, pool_meta(backend, with_generator=False))
+        pool = Pool.open_or_create(args.out, meta)  # an existing pool: the same codec
     with faults.graceful_stop():
         stats = generate_into_pool(
             backend,
@@ -217,6 +222,11 @@ def register(subparsers) -> None:
                         "configs/fmnist/dp.yaml's; 0 = plain sampling)")  # fmt: skip
     p.add_argument("--criterion", choices=("entropy", "cross_entropy", "margin"), default=None,
                    help="what guidance raises (default: entropy)")
+    p.add_argument("--codec", default="raw",  # checked by PoolSettings' choices, as in a config
+                   help="how a new pool stores images: raw (uint8), png (lossless), jpeg or webp "
+                        "at --quality (default: %(default)s; docs/exports.md)")  # fmt: skip
+    p.add_argument("--quality", type=int, default=90,
+                   help="jpeg/webp quality 1-100 (default: %(default)s)")
     _add_sampler_args(p)
     p.set_defaults(func=cmd_generate)
 

@@ -3,6 +3,7 @@
     fashion_mnist.py   the real Fashion-MNIST idx files: val (1k) / test (9k) split of t10k
     imagefolder.py     class folders (ImageNet streamed, your own preloaded), class lists, OOD sets
     pool.py            the append-only pool of generated images (shards + manifest)
+    codecs.py          how a pool stores images: raw uint8, or PNG / JPEG / WebP per image
     export.py          a pool as class folders of PNGs, one npz, a `datasets` folder, tar shards
     dataset.py         PoolDataset: a pool as a map-style torch Dataset (imports torch)
     shifted.py         the shifted test suite (Fashion-MNIST robustness)

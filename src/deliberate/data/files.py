@@ -11,6 +11,7 @@ resolves a path read from a file in the folder and refuses one that leads out of
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import json
 import os
@@ -139,6 +140,17 @@ def read_inside(root: str | Path, rel: str | Path, limit: int) -> bytes:
             "it is damaged; restore it"
         )
     return data
+
+
+@contextlib.contextmanager
+def locked(root: str | Path) -> Iterator[None]:
+    """Hold the exclusive lock of the folder `root` (its `.lock` file, never a symlink)."""
+    with contextlib.ExitStack() as stack:
+        with contextlib.suppress(OSError):  # a read-only folder has no writer to wait for
+            fd = open_fd_inside(root, ".lock", os.O_RDWR | os.O_CREAT)
+            stack.callback(os.close, fd)  # closing releases the lock, as does dying
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
 
 
 def _fsync_dir(path: Path) -> None:

@@ -1,6 +1,7 @@
-"""The synthetic pool on disk: append-only uint8 npz shards plus a JSONL manifest, crash-safe.
+"""The synthetic pool on disk: append-only npz shards plus a JSONL manifest, crash-safe.
 
-root/pool.json (format, version, meta); root/shards/shard-NNNNNN.npz (images, ids, labels, rows);
+root/pool.json (format, version, meta); root/shards/shard-NNNNNN.npz (images, ids, labels, rows;
+a compressed pool has encoded, offsets, crc32 instead of images: deliberate.data.codecs);
 root/manifest.jsonl (a row per image); root/columns/shard-NNNNNN.npz (that shard's rows as
 fixed-width columns, see deliberate.data.columns). Shards carry their rows, so the manifest and
 the columns can be rebuilt. Opening reads columns, not rows (docs/reliability.md). Every file is
@@ -10,16 +11,17 @@ opened through deliberate.data.files: regular files inside the folder only.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from deliberate import faults
+from deliberate.data.codecs import PoolSettings, codec_of
 from deliberate.data.columns import (
     NAMES,
     Columns,
@@ -36,7 +38,7 @@ from deliberate.data.files import (
     atomic_file,
     check_folder,
     check_regular,
-    open_fd_inside,
+    locked,
     open_inside,
 )
 from deliberate.data.shards import LOAD_ERRORS as _LOAD_ERRORS
@@ -44,6 +46,7 @@ from deliberate.data.shards import (
     Damaged,
     PoolImages,
     _is_int,
+    _why,
     check_meta,
     memmap_images,
     read_header,
@@ -92,9 +95,10 @@ class Pool(Staging):
         if not check_regular(Path(root) / "pool.json"):  # a symlink there is refused
             return cls.create(root, meta)
         pool, meta = cls(root), check_meta(meta, Path(root))
-        for key in sorted(meta.keys() & pool.meta.keys()):
-            if meta[key] != pool.meta[key]:
-                raise pool._err(f"has {key}={pool.meta[key]!r} not {meta[key]!r}; use another dir")
+        want, have = ({"codec": "raw", **m} for m in (meta, pool.meta))  # raw pools record none
+        for key in sorted(want.keys() & have.keys()):
+            if want[key] != have[key]:
+                raise pool._err(f"has {key}={have[key]!r} not {want[key]!r}; use another dir")
         return pool
 
     @property
@@ -102,6 +106,11 @@ class Pool(Staging):
         """(H, W) or (H, W, C) of every image, or None before the first append fixes it."""
         shape = self.meta.get("image_shape")
         return None if shape is None else tuple(shape)
+
+    @property
+    def codec(self) -> PoolSettings:
+        """How the pool stores its images (deliberate.data.codecs); no codec in the meta: raw."""
+        return codec_of(self.meta)
 
     @property
     def num_classes(self) -> int | None:
@@ -141,6 +150,7 @@ class Pool(Staging):
             shape = tuple(images.shape[1:])
             if self.image_shape is not None and shape != self.image_shape:
                 raise self._err(f"images are {shape}, the pool holds {self.image_shape}; resize")
+            self.codec.check_shape(shape)  # before the first append fixes the shape
             first, name = len(self), _shard_name(len(self._shards))
             rows = [self._row(first + i, name, i, r) for i, r in enumerate(records)]
             payload, cols = self._columns(rows, first, name)
@@ -150,8 +160,8 @@ class Pool(Staging):
             ids = np.arange(first, first + len(rows), dtype=np.int64)
             labels = np.array([r["label"] for r in rows], np.int64)
             packed = np.frombuffer(_dumps(rows).encode(), np.uint8)  # no pickles in shards
-            with atomic_file(self._shard_dir / name) as f:
-                np.savez(f, images=images, ids=ids, labels=labels, rows=packed)
+            with atomic_file(self._shard_dir / name) as f:  # raw: images; else encoded bytes
+                np.savez(f, **self.codec.members(images), ids=ids, labels=labels, rows=packed)
                 faults.point("pool.append_tmp_written")
             faults.point("pool.append_renamed")
             self._publish(name, payload, cols, append=True)
@@ -276,7 +286,8 @@ class Pool(Staging):
         """Shard `name`'s images, memory-mapped, refused unless they are `count` uint8 images."""
         try:
             with open_inside(self.root, Path("shards") / name) as f:
-                images = memmap_images(f, self.image_shape)
+                fail = partial(self._corrupt, name)  # a damaged image found when decoded
+                images = memmap_images(f, self.image_shape, self.codec, fail)
         except _LOAD_ERRORS as e:
             raise self._corrupt(name, _why(e)) from e
         if len(images) != count:
@@ -301,8 +312,9 @@ class Pool(Staging):
         ids = self._check_ids(ids)
         out = np.empty((len(ids), *(self.image_shape or (0, 0))), np.uint8)
         for j, sel in self._by_shard(ids):
-            name, first, _ = self._shards[j]
-            out[sel] = self._load(name)[0][ids[sel] - first]
+            name, first, count = self._shards[j]
+            raw = self.codec.codec == "raw"  # compressed: decode only these, not the shard
+            out[sel] = (self._load(name)[0] if raw else self._images(name, count))[ids[sel] - first]
         return out, self._cols.codes("label")[ids]
 
     def verify(self) -> int:
@@ -332,15 +344,9 @@ class Pool(Staging):
             self.meta = read_header(self.root)
             self._scan()
 
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
+    def _lock(self) -> contextlib.AbstractContextManager:
         """Hold the pool's exclusive lock, so no reader 'repairs' a shard a writer is finishing."""
-        with contextlib.ExitStack() as stack:
-            with contextlib.suppress(OSError):  # a read-only pool has no writer to wait for
-                fd = open_fd_inside(self.root, ".lock", os.O_RDWR | os.O_CREAT)  # never a symlink
-                stack.callback(os.close, fd)  # closing releases the lock, as does dying
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+        return locked(self.root)
 
     def _scan(self) -> None:
         """Reconcile the manifest and the columns with the shards on disk, repairing what a
@@ -429,7 +435,7 @@ class Pool(Staging):
         path = name if isinstance(name, Path) else self._shard_dir / name
         try:
             with open_inside(self.root, path.relative_to(self.root)) as f:
-                return read_shard(f, self.image_shape, images, self.num_classes)
+                return read_shard(f, self.image_shape, images, self.num_classes, self.codec)
         except _LOAD_ERRORS as e:
             raise self._corrupt(path.name, _why(e)) from e
 
@@ -440,8 +446,3 @@ class Pool(Staging):
             f"pool at {self.root} is damaged: shard {name} is corrupt ({why}); "
             f"delete it{later} and re-run"
         )
-
-
-def _why(e: BaseException) -> str:
-    """A load error as the reason in one line: a Damaged shard says it plainly."""
-    return str(e) if isinstance(e, Damaged) else _one_line(e)

@@ -1,8 +1,9 @@
 """Reading a pool's files with bounded memory: pool.json (checked with the folder's entries),
 manifest lines (at most MAX_ROW_BYTES each) and shards, whose npy headers are checked against
 the pool and against the bytes the archive holds before an array is allocated; then members are
-read, or the images memory-mapped in place. And the pool's images as one lazy array over its
-shards (`Pool.images_view`), so a pool never needs to fit in RAM."""
+read, or the images memory-mapped in place (a compressed pool's encoded bytes, decoded per image:
+deliberate.data.codecs). And the pool's images as one lazy array over its shards
+(`Pool.images_view`), so a pool never needs to fit in RAM."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from deliberate.data.codecs import MEMBERS, EncodedImages, PoolSettings, check_offsets, codec_of
 from deliberate.data.files import (
     _dumps,
     _one_line,
@@ -28,6 +30,7 @@ from deliberate.data.files import (
 from deliberate.errors import DeliberateError
 
 FORMAT, VERSION = "deliberate-pool", 1
+COMPRESSED_VERSION = 2  # a pool with a codec: a reader that predates codecs refuses it, not its shards
 
 MAX_IMAGES = 10**7  # ids per shard: far above any batch (generate writes 250 by default)
 MAX_ROW_BYTES = 2**20  # one manifest row (a shard's `rows` and a line of manifest.jsonl)
@@ -39,6 +42,11 @@ class Damaged(ValueError):
 
 
 LOAD_ERRORS = (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile, zlib.error)
+
+
+def _why(e: BaseException) -> str:
+    """A load error as the reason in one line: a Damaged shard says it plainly."""
+    return str(e) if isinstance(e, Damaged) else _one_line(e)
 
 
 def _header(z: zipfile.ZipFile, size: int, member: str):
@@ -81,6 +89,10 @@ def _check_layout(heads: dict, image_shape: tuple | None) -> int:
     for member, (_, shape, _, dtype, _) in heads.items():
         if member == "rows":  # the shard's manifest rows, as JSON bytes
             ok, want = len(shape) == 1 and shape[0] <= n * MAX_ROW_BYTES, f"at most {n} rows"
+        elif member == "encoded":  # every image's file, concatenated (deliberate.data.codecs)
+            ok, want = len(shape) == 1, "(total bytes,)"
+        elif member == "offsets":
+            ok, want = shape == (n + 1,), (n + 1,)
         elif member == "images":
             want = (n, *image_shape) if image_shape else f"({n}, H, W[, C])"
             ok = shape == want if image_shape else len(shape) in (3, 4) and shape[0] == n
@@ -89,7 +101,7 @@ def _check_layout(heads: dict, image_shape: tuple | None) -> int:
         if not ok:
             holds = f"; the pool holds {image_shape} images" if member == "images" else ""
             raise Damaged(f"its {member} are {shape}, not {want}{holds}")
-        if dtype != np.uint8 if member in ("images", "rows") else dtype.kind not in "iu":
+        if dtype != np.uint8 if member in ("images", "rows", "encoded") else dtype.kind not in "iu":
             raise Damaged(f"its {member} are {dtype}, not what a pool writes")
     return n
 
@@ -115,9 +127,12 @@ def read_npz(f: IO) -> dict[str, np.ndarray]:
     return out
 
 
-def read_shard(f: IO, image_shape: tuple | None, images: bool = True, num_classes=None):
-    """(images or None, ids, labels, rows) of an open shard file, headers checked first."""
-    names = ("ids", "labels", "rows", *(("images",) if images else ()))
+def read_shard(f: IO, image_shape: tuple | None, images: bool = True, num_classes=None,
+               codec: PoolSettings | None = None):  # fmt: skip
+    """(images or None, ids, labels, rows) of an open shard file, headers checked first; a
+    compressed pool's images are decoded (after their offsets and CRCs are checked)."""
+    raw = codec is None or codec.codec == "raw"
+    names = ("ids", "labels", "rows", *((("images",) if raw else MEMBERS) if images else ()))
     z, heads, n = _members(f, names, image_shape)
     with z:
         arrays = {}
@@ -130,17 +145,44 @@ def read_shard(f: IO, image_shape: tuple | None, images: bool = True, num_classe
     rows = json.loads(bytes(arrays["rows"]).decode())
     if not (isinstance(rows, list) and len(rows) == n and all(isinstance(r, dict) for r in rows)):
         raise Damaged(f"its rows are not {n} JSON objects")
+    if images and not raw:
+        arrays["images"] = _decode_all(arrays, n, image_shape, codec)
     return arrays.get("images"), arrays["ids"].astype(np.int64), labels, rows
 
 
-def memmap_images(f: IO, image_shape: tuple) -> np.ndarray:
-    """A shard's images memory-mapped in place (read whole when compressed), headers checked.
+def _decode_all(arrays: dict, n: int, image_shape, codec: PoolSettings) -> np.ndarray:
+    """Every image of a compressed shard, decoded; damage -> Damaged (one line)."""
+    encoded, offsets, crc = (arrays[m] for m in MEMBERS)
+    if (why := check_offsets(offsets, crc, len(encoded), n)) is not None:
+        raise Damaged(why)
+    images = EncodedImages(encoded, offsets, crc, image_shape, codec, Damaged)
+    return images[np.arange(n)]
+
+
+def memmap_images(f: IO, image_shape: tuple, codec: PoolSettings | None = None,
+                  fail=Damaged) -> np.ndarray | EncodedImages:  # fmt: skip
+    """A shard's images memory-mapped in place (read whole when zip-compressed), headers checked;
+    for a compressed pool, its encoded bytes memory-mapped and decoded per image when indexed
+    (`fail(why)`: the error for a damaged image)."""
+    if codec is None or codec.codec == "raw":
+        return _memmap(f, "images", ("ids", "images"), image_shape)
+    encoded = _memmap(f, "encoded", ("ids", *MEMBERS), image_shape)
+    z, heads, n = _members(f, ("ids", *MEMBERS[1:]), image_shape)
+    with z, z.open(heads["offsets"][0]) as a, z.open(heads["crc32"][0]) as b:
+        offsets, crc = (np.lib.format.read_array(m, allow_pickle=False) for m in (a, b))
+    if (why := check_offsets(offsets, crc, len(encoded), n)) is not None:
+        raise Damaged(why)
+    return EncodedImages(encoded, offsets, crc, image_shape, codec, fail)
+
+
+def _memmap(f: IO, member: str, names: tuple[str, ...], image_shape) -> np.ndarray:
+    """Member `member` memory-mapped in place, the headers of `names` checked first.
 
     `np.savez` stores members uncompressed (ZIP_STORED): the member's bytes are a plain .npy
     file at a fixed offset, after the zip local header whose name and extra lengths vary.
     """
-    z, heads, _ = _members(f, ("ids", "images"), image_shape)
-    info, shape, fortran, dtype, start = heads["images"]
+    z, heads, _ = _members(f, names, image_shape)
+    info, shape, fortran, dtype, start = heads[member]
     with z:
         if info.compress_type != zipfile.ZIP_STORED:  # a compressed shard (written by hand)
             with z.open(info) as member:
@@ -148,7 +190,7 @@ def memmap_images(f: IO, image_shape: tuple) -> np.ndarray:
     f.seek(info.header_offset)
     local = f.read(30)  # the fixed part of the local file header
     if local[:4] != b"PK\x03\x04":
-        raise Damaged("images.npy has no local zip header where the directory says")
+        raise Damaged(f"{member}.npy has no local zip header where the directory says")
     name_len, extra_len = (int.from_bytes(local[i : i + 2], "little") for i in (26, 28))
     offset = info.header_offset + 30 + name_len + extra_len + start
     return np.memmap(f, dtype, "r", offset, shape, "F" if fortran else "C")
@@ -156,7 +198,8 @@ def memmap_images(f: IO, image_shape: tuple) -> np.ndarray:
 
 def write_header(root: Path, meta: dict) -> None:
     """Write root/pool.json (format, version, meta) atomically: its presence marks a pool."""
-    header = {"format": FORMAT, "version": VERSION, "meta": meta}
+    version = COMPRESSED_VERSION if "codec" in meta else VERSION
+    header = {"format": FORMAT, "version": version, "meta": meta}
     with atomic_file(root / "pool.json") as f:
         f.write((_dumps(header, indent=1) + "\n").encode())
 
@@ -180,13 +223,17 @@ def read_header(root: Path) -> dict:
         raise DeliberateError(f"{err} pool.json is unreadable ({_one_line(e)}); restore it") from e
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise DeliberateError(f"{path} is not a deliberate pool header; check the path")
-    if header.get("version") != VERSION:
+    if header.get("version") not in (VERSION, COMPRESSED_VERSION):
         raise DeliberateError(
-            f"{err} format version {header.get('version')} is not {VERSION}; upgrade"
+            f"{err} format version {header.get('version')} is not {VERSION} or "
+            f"{COMPRESSED_VERSION}; upgrade"
         )
     if not isinstance(header.get("meta"), dict):
         raise DeliberateError(f"{err} pool.json holds no meta mapping; restore it")
-    return check_meta(header["meta"], root)
+    meta = check_meta(header["meta"], root)
+    if (header["version"] == COMPRESSED_VERSION) != ("codec" in meta):
+        raise DeliberateError(f"{err} pool.json's version and codec disagree; restore it")
+    return meta
 
 
 def row_too_long(root: Path, line: int) -> DeliberateError:
@@ -210,7 +257,8 @@ def _is_int(x: Any) -> bool:
 
 
 def check_meta(meta: Mapping[str, Any], root: Path) -> dict:
-    """Validate pool meta (image_shape, class_names, num_classes) and return it as plain JSON."""
+    """Validate pool meta (image_shape, class_names, num_classes, codec, quality) and return it
+    as plain JSON, the codec in its one form (raw: no key, so raw pools are as they always were)."""
     where = f"pool meta for {root}"
     try:
         meta = json.loads(_dumps(dict(meta)))
@@ -225,7 +273,8 @@ def check_meta(meta: Mapping[str, Any], root: Path) -> dict:
     n = meta.get("num_classes")
     if n is not None and (not isinstance(n, int) or n <= 0 or (names and n != len(names))):
         raise DeliberateError(f"{where}: num_classes={n!r} must be positive and match class_names")
-    return meta
+    codec = codec_of(meta, where)
+    return {**{k: v for k, v in meta.items() if k not in ("codec", "quality")}, **codec.meta()}
 
 
 class PoolImages:
@@ -244,6 +293,9 @@ class PoolImages:
 
     def __len__(self) -> int:
         return self._n
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_maps": {}}  # a memory map would pickle as a copy of its shard
 
     def _shard(self, j: int) -> np.ndarray:
         if j not in self._maps:

@@ -47,8 +47,8 @@ class Staging:
         packed = np.frombuffer(_dumps(rows).encode(), np.uint8)
         if not check_folder(self._staging):
             self._staging.mkdir()
-        with atomic_file(self._staging / name) as f:
-            np.savez(f, images=images, ids=ids, labels=labels, rows=packed)
+        with atomic_file(self._staging / name) as f:  # raw: images; else encoded bytes
+            np.savez(f, **self.codec.members(images), ids=ids, labels=labels, rows=packed)
             faults.point("pool.shard_tmp_written")
         faults.point("pool.staged")
 
