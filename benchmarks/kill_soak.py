@@ -3,7 +3,8 @@
 Usage: python benchmarks/kill_soak.py [--kills 50] [--seed 0] [--out DIR]
 
 Each run is the kill suite's tiny run (tests/helpers.py: a tiny random generator, real
-Fashion-MNIST, 3 pool shards, 40 iterations, one branch-out). It is forked, killed by SIGKILL
+Fashion-MNIST, 3 pool shards, 40 iterations, one branch-out). Run it from a checkout nobody edits
+meanwhile: forked runs import some modules lazily. It is forked, killed by SIGKILL
 after a random delay (seeded; uniform over 0..1.1x the uninterrupted run's time, so kills land in
 imports, sampling, writes, training and the report alike), and started again with the same
 command, until it exits 0; then the next run. The table counts kills, runs that survived
@@ -25,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +59,8 @@ def start(args: list[str], log: Path) -> int:
             os.dup2(fd, 1), os.dup2(fd, 2)
             torch.manual_seed(TORCH_DEFAULT_SEED)
             code = main(args)
+        except BaseException:
+            traceback.print_exc()
         finally:
             os._exit(code)
     return pid
@@ -157,6 +161,8 @@ def main_(argv: list[str] | None = None) -> int:
                 return 1
             break
         runs.append({"kills": mine, **compare(ref, out)})
+        print(f"run {len(runs)}: {mine} kills (total {kills}), identical: {runs[-1]['identical']}",
+              file=sys.stderr, flush=True)  # fmt: skip
     seconds = time.perf_counter() - t_start
     total = {k: sum(r[k] for r in runs) for k in ("lost", "duplicated", "differing", "extra",
                                                   "metrics_differing", "temp_left")}  # fmt: skip
