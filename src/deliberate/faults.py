@@ -44,6 +44,8 @@ POINTS = (
     "pool.shard_renamed",  # shard visible, its manifest rows not yet written
     "pool.manifest_torn",  # half of a shard's manifest rows written
     "pool.manifest_written",  # shard and rows complete
+    "candidates.sampled",  # every candidate of an oversampled round on disk, none chosen yet
+    "candidates.removing",  # the chosen in the pool, the candidates' folder renamed, not deleted
     "round.generated",  # every image of a round in the pool, loop state not yet saved
     "checkpoint.torn",  # half of a checkpoint's temp file written
     "checkpoint.tmp_written",  # checkpoint temp file complete, not renamed
