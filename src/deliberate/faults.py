@@ -38,12 +38,14 @@ POINTS = (
     "run.claimed",  # config.yaml written, nothing else
     "config.tmp_written",  # config.yaml's temp file complete, not yet renamed
     "pool.created",  # empty pool on disk
+    "cache.linked",  # round 0's cached shards hard-linked into pool/staging, none committed
     "generate.batch",  # before a sampling batch
     "generate.sampled",  # a batch sampled, not yet in the pool
     "pool.shard_tmp_written",  # shard temp file complete, not renamed (invisible)
     "pool.shard_renamed",  # shard visible, its manifest rows not yet written
     "pool.manifest_torn",  # half of a shard's manifest rows written
     "pool.manifest_written",  # shard and rows complete
+    "cache.entry_written",  # a round-0 cache entry complete in its temp folder, not renamed
     "candidates.sampled",  # every candidate of an oversampled round on disk, none chosen yet
     "candidates.removing",  # the chosen in the pool, the candidates' folder renamed, not deleted
     "round.generated",  # every image of a round in the pool, loop state not yet saved

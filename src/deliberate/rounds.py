@@ -12,6 +12,7 @@ any prefix of a plan is class-balanced, so the first n images of a pool are the 
 
 from __future__ import annotations
 
+import contextlib
 import time
 import zipfile
 from collections.abc import Callable, Sequence
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from deliberate import accounting, candidates, distributed, faults
+from deliberate.cache import shared_round0
 from deliberate.data.files import _one_line, atomic_file, check_folder, check_regular, open_inside
 from deliberate.data.pool import Pool
 from deliberate.errors import DeliberateError
@@ -135,8 +137,13 @@ def generate_round(cfg, backend: Backend, pool: Pool, k: int, learner, ledger: d
                                                  extra, progress)  # fmt: skip
         else:
             pairs = []
-    generate_into_pool(backend, pool, pairs, s, batch_size=cfg.generator.batch_size,
-                       extra=extra, sample_fn=sample_fn, progress=progress)  # fmt: skip
+    shared = contextlib.nullcontext()
+    if k == 0 and cfg.cache:  # link what the round-0 cache holds; the rest is sampled
+        plan0 = lambda size: round_plan(backend.num_classes, size, cfg.seed, 0)  # noqa: E731
+        shared = shared_round0(cfg, backend, pool, n, root, plan0)
+    with shared:
+        generate_into_pool(backend, pool, pairs, s, batch_size=cfg.generator.batch_size,
+                           extra=extra, sample_fn=sample_fn, progress=progress)  # fmt: skip
     if m > n:
         candidates.remove(root, k)  # every chosen candidate is in the pool
     faults.point("round.generated")
