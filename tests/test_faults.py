@@ -9,6 +9,7 @@ checks that forked and exec'd runs give the same bytes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -61,6 +62,19 @@ KILLS = [
 # Budget branches (learner.budgets) instead of branch-outs: the 20-step budget forks at step 16.
 BUDGETS = ["practice.branch_outs=false", "learner.budgets=[20]"]
 BUDGET_KILLS = [("budget.forked", 1), ("train.step", 30), ("checkpoint.renamed", 6)]
+# Candidates on disk (practice.oversample=2): round 1 samples 20 candidates in 2 batches into
+# candidates/round-1/ (generate.batch hits 3-4, pool.manifest_written 3-4) and keeps 10 (hit 5).
+OVERSAMPLE = ["--set=practice.oversample=2"]
+CANDIDATE_KILLS = [
+    ("generate.batch", 4),  # one candidate shard on disk
+    ("candidates.sampled", 1),  # all 20 on disk, none chosen
+    ("pool.manifest_written", 5),  # the chosen 10 in the pool, the candidates not yet removed
+    ("candidates.removing", 1),  # the candidates' folder renamed, not yet deleted
+]
+# A shared round 0 (--cache): a hit links round 0's 2 shards (pool.shard_renamed 1-2 commit
+# them); a miss samples them and publishes the entry. (point, n, whether the cache holds it)
+CACHE_KILLS = [("cache.linked", 1, True), ("pool.shard_renamed", 1, True),
+               ("cache.entry_written", 1, False)]  # fmt: skip
 
 
 def exec_cmd(args: list[str]) -> list[str]:
@@ -184,8 +198,74 @@ def test_a_checkpoint_cadence_replays_to_the_identical_result(point, n, referenc
     assert_same_result(reference, out)  # the cadence changes what is written, not the result
 
 
+@pytest.fixture(scope="module")
+def oversampled(tmp_path_factory, generator):
+    """The uninterrupted oversampled run (practice.oversample=2)."""
+    out = tmp_path_factory.mktemp("oversampled") / "run"
+    code = fork_run([*cli_args(out, generator), *OVERSAMPLE])
+    assert code == 0, out.with_suffix(".err").read_text()
+    return out
+
+
+@needs_data
+@pytest.mark.parametrize("point,n", CANDIDATE_KILLS, ids=[f"{p}:{n}" for p, n in CANDIDATE_KILLS])
+def test_killed_oversampled_round_resumes_from_its_candidates_on_disk(point, n, oversampled,
+                                                                      generator, tmp_path):  # fmt: skip
+    out = tmp_path / "run"
+    args = [*cli_args(out, generator), *OVERSAMPLE]
+    assert fork_run(args, f"{point}:{n}") == -signal.SIGKILL, f"{point}:{n} was never reached"
+    assert_crash_state_is_sane(out)
+    staged = out / "candidates" / "round-1"
+    if point in ("generate.batch", "candidates.sampled"):  # what was sampled is kept on disk
+        assert len(Pool(staged)) == {"generate.batch": 10, "candidates.sampled": 20}[point]
+    if point == "candidates.removing":
+        assert not staged.exists() and (out / "candidates" / ".round-1.removing").is_dir()
+    assert fork_run(args) == 0, (tmp_path / "run.err").read_text()
+    assert_same_result(oversampled, out)
+    assert not (out / "candidates").exists()  # the staging pool is gone once the round is in
+
+
+@pytest.fixture(scope="module")
+def filled_cache(tmp_path_factory, generator, reference):
+    """A round-0 cache holding this module's round 0, published by a run that missed it."""
+    root = tmp_path_factory.mktemp("cache")
+    out = root / "first"
+    code = fork_run([*cli_args(out, generator), f"--cache={root / 'cache'}"])
+    assert code == 0, out.with_suffix(".err").read_text()
+    assert_same_result(reference, out)  # a miss samples round 0 itself: the same result
+    return root / "cache"
+
+
+@needs_data
+@pytest.mark.parametrize("point,n,hit", CACHE_KILLS, ids=[f"{p}:{n}" for p, n, _ in CACHE_KILLS])
+def test_killed_run_with_a_shared_round_0_resumes_to_the_identical_result(
+    point, n, hit, request, reference, generator, tmp_path
+):
+    cache = request.getfixturevalue("filled_cache") if hit else tmp_path / "cache"
+    out = tmp_path / "run"
+    args = [*cli_args(out, generator), f"--cache={cache}"]
+    assert fork_run(args, f"{point}:{n}") == -signal.SIGKILL, f"{point}:{n} was never reached"
+    assert_crash_state_is_sane(out)
+    (entry,) = cache.glob("round0-*") if hit else [None]
+    if point == "cache.linked":  # the links are the entry's files: the same inodes
+        for name in ("shard-000000.npz", "shard-000001.npz"):
+            a, b = out / "pool" / "staging" / name, entry / "shards" / name
+            assert a.stat().st_ino == b.stat().st_ino
+    if point == "cache.entry_written":  # complete but invisible: the next writer removes it
+        assert not list(cache.glob("round0-*")) and len(list(cache.glob(".tmp-round0-*"))) == 1
+    assert fork_run(args) == 0, (tmp_path / "run.err").read_text()
+    assert_same_result(reference, out)
+    record = json.loads((out / "round0-cache.json").read_text())
+    assert record["reused_images"] == (20 if hit else 0) and record["published"] is not hit
+    assert not list(cache.glob(".tmp-*")) and not list(cache.glob(".old-*"))
+    (entry,) = cache.glob("round0-*")
+    for s in json.loads((entry / "entry.json").read_text())["shards"]:
+        assert hashlib.sha256((entry / "shards" / s["name"]).read_bytes()).hexdigest() == s["sha256"]
+
+
 def test_every_kill_point_is_placed_and_tested():
-    tested = {p for p, _ in KILLS} | {p for p, _ in BUDGET_KILLS}
+    tested = {p for p, _ in KILLS} | {p for p, _ in BUDGET_KILLS} | {p for p, _ in CANDIDATE_KILLS}
+    tested |= {p for p, _, _ in CACHE_KILLS}
     assert sorted(tested) == sorted(faults.POINTS) and len(faults.POINTS) >= 20
     source = "".join(p.read_text() for p in (SRC / "deliberate").rglob("*.py"))
     for name in faults.POINTS:
