@@ -87,12 +87,14 @@ def choose(cfg, backend, root, k: int, plan: list, n: int, sample_fn: SampleFn, 
 
 
 def remove(root, k: int) -> None:
-    """Delete round k's staging pool: renamed first, so a kill never leaves half of one."""
+    """Delete round k's staging pool: renamed first, so a kill never leaves half of one (a
+    half-deleted `.round-j.removing` of a killed removal goes too)."""
     path, gone = folder(root, k), Path(root) / FOLDER / f".round-{k}.removing"
     if not check_folder(path.parent):
         return
-    if check_folder(gone):
-        shutil.rmtree(gone)
+    for left in path.parent.glob(".round-*.removing"):
+        if check_folder(left):  # a symlink there is refused, never followed
+            shutil.rmtree(left)
     if check_folder(path):
         path.rename(gone)
         faults.point("candidates.removing")
