@@ -19,12 +19,20 @@ import torch
 
 from deliberate.cache import RECORD, Round0Cache, key_of, round0_inputs
 from deliberate.cli import main
-from deliberate.config import load_config
+from deliberate.config import from_dict, load_config
 from deliberate.errors import DeliberateError
 from deliberate.practice import PracticeConfig, run_practice
 from deliberate.rounds import round_plan
 from deliberate.rundir import RunDir
-from tests.helpers import CONFIGS, SMALL, needs_data, tiny_backend, tiny_config
+from tests.helpers import (
+    CLASSES,
+    CONFIGS,
+    SMALL,
+    needs_data,
+    needs_transformers,
+    tiny_backend,
+    tiny_config,
+)
 
 DP = [*SMALL, "practice.branch_outs=false"]
 STATIC = ["practice.initial=30", "practice.max_images=30", "practice.per_round=0",
@@ -151,6 +159,24 @@ def test_the_key_is_what_decides_round_0_and_nothing_else():
         assert key(other) != base, other
     # Two untrained generators share an identifier ("untrained"): the weights tell them apart.
     assert key(backend=tiny_backend(seed=2)) != base
+
+
+@needs_transformers
+def test_the_key_of_a_latent_generator_covers_its_prompts_and_dtype(sd_dir):
+    from deliberate.generators import load_backend
+
+    def latent_key(**latent):
+        cfg = from_dict(
+            PracticeConfig,
+            {"generator": {"kind": "stable_diffusion", "path": str(sd_dir), "latent": latent}},
+        )
+        backend = load_backend(cfg.generator, classes=CLASSES)  # fmt: skip
+        return key_of(round0_inputs(cfg, backend, lambda n: round_plan(3, n, 0, 0)))
+
+    base = latent_key()
+    assert latent_key() == base  # loaded again: the same weights, prompts and key
+    assert latent_key(prompt="{name}") != base
+    assert latent_key(dtype="bfloat16") != base  # bf16 weights hash through their raw bytes
 
 
 @needs_data

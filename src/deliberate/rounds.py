@@ -5,6 +5,9 @@ score them, and append them to the pool.
     batch  <- guided_batch(...)(labels, seeds)      THE guided batch: `run`, `generate`, `prune`
     pool   <- generate_into_pool(batches)           shards, resume, torchrun (deliberate.generate)
 
+Round 0 may be hard-linked from the shared round-0 cache (deliberate.cache, `cache: DIR`); an
+oversampled round's candidates wait on disk until the choice (deliberate.candidates).
+
 Seed layout: image seed = run seed * 1e9 + round * 1e7 + index. Round k of a run, the prune
 baseline's candidates (round 90) and `deliberate generate --seed s` (round 0) never collide, and
 any prefix of a plan is class-balanced, so the first n images of a pool are the n-image pool.
