@@ -323,3 +323,16 @@ def test_a_run_resumes_with_another_cache_and_sweeps_take_the_flag(tmp_path, cap
                  "--cache", str(tmp_path / "c")]) == 0  # fmt: skip
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3 and all(f'cache="{tmp_path / "c"}"' in line for line in lines)
+
+
+@needs_data
+def test_a_cache_path_that_is_a_file_is_refused_before_anything_is_written(generator, tmp_path,
+                                                                         capsys):  # fmt: skip
+    (tmp_path / "file").write_text("not a folder")
+    out = tmp_path / "run"
+    sets = [f"--set={s}" for s in [f"generator.path={generator}", *DP]]
+    code = main(["run", str(CONFIGS / "tiny.yaml"), "--out", str(out), "--quiet",
+                 "--cache", str(tmp_path / "file"), *sets])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "is not a folder" in err
+    assert not out.exists()

@@ -171,9 +171,12 @@ class Round0Cache:
     def check(self) -> None:
         """Refuse a cache path that is not a folder (the path itself may be a symlink: it is
         the user's; nothing below it is followed)."""
-        if self.root.exists() and not self.root.is_dir():
+        if (self.root.exists() and not self.root.is_dir()) or (
+            self.root.is_symlink() and not self.root.exists()
+        ):
             raise DeliberateError(
-                f"cache {self.root} is not a folder; give a folder (or a new path)"
+                f"cache {self.root} is not a folder (or a symlink to one); give a folder or a "
+                "new path"
             )
 
     def entry_dir(self, key: str) -> Path:
@@ -185,7 +188,12 @@ class Round0Cache:
 
         A run holds it for the whole of its round 0, so a second run started meanwhile waits
         and then links what the first published. The kernel releases it when a run dies."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DeliberateError(
+                f"cannot create the cache folder {self.root} ({e.strerror}); give a writable one"
+            ) from None
         fd = open_fd_inside(self.root, f".round0-{key[:KEY_CHARS]}.lock", os.O_RDWR | os.O_CREAT)
         try:
             told = False
