@@ -66,15 +66,21 @@ def start(args: list[str], log: Path) -> int:
     return pid
 
 
+PHASES = ("start-up", "round 0", "training to round 1", "after the fork: training, round 2, "
+          "branch-out", "report", "finishing")  # fmt: skip
+
+
 def phase(out: Path) -> str:
     """Where a kill landed, judged from what is on disk."""
     if not (out / "pool" / "manifest.jsonl").exists():
-        return "start-up"
+        return PHASES[0]
     if not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").stat().st_size:
-        return "round 0"
-    if (out / "summary.json").exists():
-        return "finishing"
-    return "rounds + training" if not (out / "branches").exists() else "branch-out + report"
+        return PHASES[1]
+    if not (out / "branches").exists():
+        return PHASES[2]
+    if not (out / "report").exists():
+        return PHASES[3]
+    return PHASES[4] if not (out / "summary.json").exists() else PHASES[5]
 
 
 def rows(path: Path) -> list[dict]:
@@ -184,7 +190,7 @@ def main_(argv: list[str] | None = None) -> int:
         f"{total['metrics_differing']} | {total['temp_left']} |"
     )
     print("\n| where the kill landed | kills |\n|---|---|")
-    for where in ("start-up", "round 0", "rounds + training", "branch-out + report", "finishing"):
+    for where in PHASES:
         print(f"| {where} | {phases.get(where, 0)} |")
     if a.out is None:
         shutil.rmtree(work, ignore_errors=True)

@@ -9,6 +9,7 @@ checks that forked and exec'd runs give the same bytes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -69,6 +70,21 @@ KILLS = [
 BUDGETS = ["practice.branch_outs=false", "learner.budgets=[20]"]
 # budget.forked is reached once per run folder: a re-run resumes past the saved fork.
 BUDGET_KILLS = [("budget.forked:1",), ("train.step:30",), ("checkpoint.renamed:6",)]
+# Candidates on disk (practice.oversample=2): round 1 samples 20 candidates in 2 batches into
+# candidates/round-1/ (generate.batch hits 3-4, pool.manifest_written 3-4) and keeps 10 (hit 5).
+OVERSAMPLE = ["--set=practice.oversample=2"]
+CANDIDATE_HITS = {"candidates.sampled": 1, "candidates.removing": 1}
+CANDIDATE_KILLS = [
+    ("generate.batch:4",),  # one candidate shard on disk
+    ("candidates.sampled:1",),  # all 20 on disk, none chosen
+    ("pool.manifest_written:5",),  # the chosen 10 in the pool, the candidates not yet removed
+    ("candidates.removing:1",),  # the candidates' folder renamed, not yet deleted
+]
+# A shared round 0 (--cache): a hit links round 0's 2 shards (pool.shard_renamed 1-2 commit
+# them); a miss samples them and publishes the entry. (fault, whether the cache holds it)
+CACHE_HITS = {"cache.linked": 1, "cache.entry_written": 1}
+CACHE_KILLS = [("cache.linked:1", True), ("pool.shard_renamed:1", True),
+               ("cache.entry_written:1", False)]  # fmt: skip
 
 
 def exec_cmd(args: list[str]) -> list[str]:
@@ -227,6 +243,15 @@ def prune_reference(tmp_path_factory, generator):
     return out
 
 
+@pytest.fixture(scope="module")
+def oversampled(tmp_path_factory, generator):
+    """The uninterrupted oversampled run (practice.oversample=2)."""
+    out = tmp_path_factory.mktemp("oversampled") / "run"
+    code = fork_run([*cli_args(out, generator), *OVERSAMPLE])
+    assert code == 0, out.with_suffix(".err").read_text()
+    return out
+
+
 @needs_data
 def test_prune_hit_counts_are_the_tables(prune_reference):
     counts = json.loads((prune_reference.parent / "counts.json").read_text())
@@ -248,11 +273,71 @@ def test_killed_prune_run_resumes_to_the_identical_pool(chain, prune_reference, 
     assert metrics(out / sub) == metrics(prune_reference / sub)
 
 
+@needs_data
+@pytest.mark.parametrize("chain", CANDIDATE_KILLS, ids=chain_id)
+def test_killed_oversampled_round_resumes_from_its_candidates_on_disk(chain, oversampled,
+                                                                      generator, tmp_path):  # fmt: skip
+    out = tmp_path / "run"
+    args = [*cli_args(out, generator), *OVERSAMPLE]
+    (fault,) = chain
+    point = fault.split(":")[0]
+    assert fork_run(args, fault) == -signal.SIGKILL, f"{fault} was never reached"
+    assert_crash_state_is_sane(out)
+    staged = out / "candidates" / "round-1"
+    if point in ("generate.batch", "candidates.sampled"):  # what was sampled is kept on disk
+        assert len(Pool(staged)) == {"generate.batch": 10, "candidates.sampled": 20}[point]
+    if point == "candidates.removing":
+        assert not staged.exists() and (out / "candidates" / ".round-1.removing").is_dir()
+    assert fork_run(args) == 0, (tmp_path / "run.err").read_text()
+    assert_same_result(oversampled, out)
+    assert not (out / "candidates").exists()  # the staging pool is gone once the round is in
+
+
+@pytest.fixture(scope="module")
+def filled_cache(tmp_path_factory, generator, reference):
+    """A round-0 cache holding this module's round 0, published by a run that missed it."""
+    root = tmp_path_factory.mktemp("cache")
+    out = root / "first"
+    code = fork_run([*cli_args(out, generator), f"--cache={root / 'cache'}"])
+    assert code == 0, out.with_suffix(".err").read_text()
+    assert_same_result(reference, out)  # a miss samples round 0 itself: the same result
+    return root / "cache"
+
+
+@needs_data
+@pytest.mark.parametrize("fault,hit", CACHE_KILLS, ids=[f for f, _ in CACHE_KILLS])
+def test_killed_run_with_a_shared_round_0_resumes_to_the_identical_result(
+    fault, hit, request, reference, generator, tmp_path
+):
+    cache = request.getfixturevalue("filled_cache") if hit else tmp_path / "cache"
+    out = tmp_path / "run"
+    args = [*cli_args(out, generator), f"--cache={cache}"]
+    point = fault.split(":")[0]
+    assert fork_run(args, fault) == -signal.SIGKILL, f"{fault} was never reached"
+    assert_crash_state_is_sane(out)
+    (entry,) = cache.glob("round0-*") if hit else [None]
+    if point == "cache.linked":  # the links are the entry's files: the same inodes
+        for name in ("shard-000000.npz", "shard-000001.npz"):
+            a, b = out / "pool" / "staging" / name, entry / "shards" / name
+            assert a.stat().st_ino == b.stat().st_ino
+    if point == "cache.entry_written":  # complete but invisible: the next writer removes it
+        assert not list(cache.glob("round0-*")) and len(list(cache.glob(".tmp-round0-*"))) == 1
+    assert fork_run(args) == 0, (tmp_path / "run.err").read_text()
+    assert_same_result(reference, out)
+    record = json.loads((out / "round0-cache.json").read_text())
+    assert record["reused_images"] == (20 if hit else 0) and record["published"] is not hit
+    assert not list(cache.glob(".tmp-*")) and not list(cache.glob(".old-*"))
+    (entry,) = cache.glob("round0-*")
+    for s in json.loads((entry / "entry.json").read_text())["shards"]:
+        assert hashlib.sha256((entry / "shards" / s["name"]).read_bytes()).hexdigest() == s["sha256"]
+
+
 def test_every_kill_point_is_placed_and_tested():
     """Every point is placed in the code, and killed at its first and last hit by some test."""
-    chains = [*KILLS, *BUDGET_KILLS, *APPEND_KILLS]
+    chains = [*KILLS, *BUDGET_KILLS, *APPEND_KILLS, *CANDIDATE_KILLS,
+              *((f,) for f, _ in CACHE_KILLS)]  # fmt: skip
     tested = {f for chain in chains for f in chain}
-    hits = {**HITS, "budget.forked": 1, **APPEND_HITS}
+    hits = {**HITS, "budget.forked": 1, **APPEND_HITS, **CANDIDATE_HITS, **CACHE_HITS}
     assert sorted(hits) == sorted(faults.POINTS) and len(faults.POINTS) >= 30
     for p, n in hits.items():
         assert {f"{p}:1", f"{p}:{n}"} <= tested, p

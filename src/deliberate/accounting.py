@@ -17,6 +17,11 @@ plus `learner_images` (optimiser steps x batch: the training images seen) and
 `images_discarded` (candidates sampled and scored but not kept: `practice.oversample` rounds and
 the prune baseline). A summary adds `generation_compute`.
 
+A round 0 hard-linked from the shared cache (`deliberate.cache`) is still counted: the ledger is
+the cost of making the run's pool, the same with or without the cache, so runs stay comparable
+and their metrics identical. What this run did not spend is beside it, in the summary's
+`round0_cache` (`reused_images`, `denoiser_evals_reused`).
+
 `generation_compute` is the cost of making the training pool, in denoiser-evaluation
 equivalents (Fig. 5d's x-axis). A guided step runs the conditional half of its CFG pass with
 gradients (no extra evaluation; one extra gradient-free one when `guidance.through_denoiser` is

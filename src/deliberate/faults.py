@@ -41,6 +41,7 @@ POINTS = (
     "run.claimed",  # config.yaml written, nothing else
     "config.tmp_written",  # config.yaml's temp file complete, not yet renamed
     "pool.created",  # empty pool on disk
+    "cache.linked",  # round 0's cached shards hard-linked into pool/staging, none committed
     "generate.batch",  # before a sampling batch
     "generate.sampled",  # a batch sampled, not yet in the pool
     "pool.shard_tmp_written",  # shard temp file complete, not renamed (invisible)
@@ -53,6 +54,9 @@ POINTS = (
     "pool.append_manifest_torn",  # Pool.append: half of the shard's rows written
     "pool.append_manifest_written",  # Pool.append: shard and rows complete
     "pool.repair_torn",  # opening a pool: half of the rows it re-derives written
+    "cache.entry_written",  # a round-0 cache entry complete in its temp folder, not renamed
+    "candidates.sampled",  # every candidate of an oversampled round on disk, none chosen yet
+    "candidates.removing",  # the chosen in the pool, the candidates' folder renamed, not deleted
     "round.generated",  # every image of a round in the pool, loop state not yet saved
     "checkpoint.torn",  # half of a checkpoint's temp file written
     "checkpoint.tmp_written",  # checkpoint temp file complete, not renamed

@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from deliberate import accounting, branches, distributed, faults, rounds
+from deliberate.cache import Round0Cache
 from deliberate.config import field, to_dict
 from deliberate.data import DataSettings, load_classes, load_split
 from deliberate.data.codecs import PoolSettings
@@ -92,6 +93,10 @@ class PracticeConfig:
     data_dir: str | None = field(None, "Fashion-MNIST idx folder; null = the default lookup")
     data: DataSettings = field(DataSettings(), "real val/test data: fashion_mnist or imagefolder")
     pool: PoolSettings = field(PoolSettings(), "how a new pool stores images: raw, png, jpeg, webp")
+    cache: str | None = field(
+        None, "folder of the shared round-0 cache (deliberate.cache): round 0 is hard-linked "
+        "from it when another run made the same one; not compared on resume; null = none",
+    )  # fmt: skip
 
     def validate(self) -> None:
         p, lrn = self.practice, self.learner
@@ -388,6 +393,8 @@ def run_practice(
 
             writer_class()  # installed, or one line now
         faults.ensure_free_space(out_dir, cfg.practice.initial * (c * h * w + 1024), "round 0")
+        if cfg.cache:
+            Round0Cache(cfg.cache).check()
         with distributed.main_first():  # rank 0 writes config.yaml; the others check theirs
             rd.claim(to_dict(cfg), clean=False, defaults=to_dict(type(cfg)()))  # checks the tree
         faults.point("run.claimed")

@@ -5,6 +5,9 @@ score them, and append them to the pool.
     batch  <- guided_batch(...)(labels, seeds)      THE guided batch: `run`, `generate`, `prune`
     pool   <- generate_into_pool(batches)           shards, resume, torchrun (deliberate.generate)
 
+Round 0 may be hard-linked from the shared round-0 cache (deliberate.cache, `cache: DIR`); an
+oversampled round's candidates wait on disk until the choice (deliberate.candidates).
+
 Seed layout: image seed = run seed * 1e9 + round * 1e7 + index. Round k of a run, the prune
 baseline's candidates (round 90) and `deliberate generate --seed s` (round 0) never collide, and
 any prefix of a plan is class-balanced, so the first n images of a pool are the n-image pool.
@@ -12,14 +15,15 @@ any prefix of a plan is class-balanced, so the first n images of a pool are the 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from deliberate import accounting, distributed, faults
+from deliberate import accounting, candidates, distributed, faults
+from deliberate.cache import shared_round0
 from deliberate.data.codecs import PoolSettings
 from deliberate.data.files import _one_line, atomic_file, check_folder, check_regular, open_inside
 from deliberate.data.pool import Pool
@@ -30,7 +34,7 @@ from deliberate.generators.base import Backend, to_uint8
 from deliberate.guidance import EntropyGuidance, GuidanceSettings, learner_fingerprint
 from deliberate.learner import to_float01
 from deliberate.sampling import SampleOutput, SamplerSettings, sample
-from deliberate.selection import score_stored, select_top_entropy
+from deliberate.selection import score_stored
 
 SEED_STRIDE = 1_000_000_000  # seeds of one run (or one `generate --seed`)
 ROUND_STRIDE = 10_000_000  # seeds of one round within a run
@@ -118,9 +122,10 @@ def generate_round(cfg, backend: Backend, pool: Pool, k: int, learner, ledger: d
     """
     s, p = cfg.generator.sampler, cfg.practice
     n = p.initial if k == 0 else min(p.per_round, p.max_images - have)
-    need = n * (int(np.prod(backend.image_shape)) + 1024) + checkpoint_bytes
-    faults.ensure_free_space(root, need, f"round {k} ({n} images + checkpoint)")
     m = round(p.oversample * n) if k else n  # candidates; the n best are kept (Fig. 5)
+    stored = n + (m if m > n else 0)  # the candidates sit in candidates/round-k/ until chosen
+    need = stored * (int(np.prod(backend.image_shape)) + 1024) + checkpoint_bytes
+    faults.ensure_free_space(root, need, f"round {k} ({stored} images + checkpoint)")
     pairs = round_plan(backend.num_classes, m, cfg.seed, k)
     learner = learner if k else None  # D_0 is plain: the learner is untrained
     guided = learner is not None and cfg.guidance.omega > 0
@@ -132,10 +137,21 @@ def generate_round(cfg, backend: Backend, pool: Pool, k: int, learner, ledger: d
                              on_batch=on_batch, codec=pool.codec)  # fmt: skip
     t0 = time.perf_counter()
     if m > n:  # oversample, then keep the n highest-entropy candidates (same seeds if m = n)
-        pairs, sample_fn = select_candidates(cfg, backend, k, pairs, n, sample_fn, progress)
         extra["oversample"] = p.oversample
-    generate_into_pool(backend, pool, pairs, s, batch_size=cfg.generator.batch_size,
-                       extra=extra, sample_fn=sample_fn, progress=progress)  # fmt: skip
+        if len(pool) < have + n:  # else the round is stored: only its candidates are left
+            pairs, sample_fn = candidates.choose(cfg, backend, root, k, pairs, n, sample_fn,
+                                                 extra, progress)  # fmt: skip
+        else:
+            pairs = []
+    shared = contextlib.nullcontext()
+    if k == 0 and cfg.cache:  # link what the round-0 cache holds; the rest is sampled
+        plan0 = lambda size: round_plan(backend.num_classes, size, cfg.seed, 0)  # noqa: E731
+        shared = shared_round0(cfg, backend, pool, n, root, plan0)
+    with shared:
+        generate_into_pool(backend, pool, pairs, s, batch_size=cfg.generator.batch_size,
+                           extra=extra, sample_fn=sample_fn, progress=progress)  # fmt: skip
+    if m > n:
+        candidates.remove(root, k)  # every chosen candidate is in the pool
     faults.point("round.generated")
     # counted from the request, so a resumed round adds up the same
     # A guided step shares its conditional forward with the CFG pass (guidance.guided_step);
@@ -153,46 +169,6 @@ def generate_round(cfg, backend: Backend, pool: Pool, k: int, learner, ledger: d
     skipped = cols["guidance_skipped"][mine]
     ledger["guidance_skipped"] += int(skipped[skipped > 0].sum())  # -1: a row without the key
     return float(np.mean(cols["entropy"][mine])) if k else None
-
-
-def select_candidates(cfg, backend: Backend, k: int, candidates: list, n: int,
-                      sample_fn: SampleFn, progress: bool):  # fmt: skip
-    """Sample every candidate of round k, keep the n highest-entropy per class.
-
-    Returns the kept (label, seed) pairs and a sample_fn that hands back their images, so
-    the pool is written the usual way. Nothing is written before the selection is made: an
-    interrupted round samples its candidates again (same seeds, same learner, same choice).
-    The candidates are held in memory as uint8 until the choice: fine for laptop-scale
-    rounds; at ImageNet scale use `deliberate prune`, which stores them in a pool.
-    """
-    if distributed.world_size() > 1:
-        raise DeliberateError(
-            "practice.oversample > 1 runs in one process only; drop torchrun or set it to 1"
-        )
-    size = cfg.generator.batch_size
-    images, scores, labels = [], [], []
-    batches = [candidates[i : i + size] for i in range(0, len(candidates), size)]
-    desc = f"round {k} candidates (R={cfg.practice.oversample:g})"
-    for chunk in tqdm(batches, desc=desc, unit="batch", disable=not progress):
-        out = sample_fn(torch.tensor([y for y, _ in chunk]), [s for _, s in chunk])
-        images.append(to_uint8(out.images.cpu()))
-        scores.append(out.extras)
-        labels += [y for y, _ in chunk]
-    images = torch.cat(images)
-    extras = {key: torch.cat([e[key] for e in scores]) for key in scores[0]}
-    chosen = select_top_entropy(extras["entropy"].numpy(), np.array(labels), n,
-                                backend.num_classes)  # fmt: skip
-    kept = {  # seed -> (uint8 image, its extras)
-        candidates[i][1]: (images[i], {key: v[i] for key, v in extras.items()}) for i in chosen
-    }
-
-    def replay(labels, seeds):  # the chosen candidates, exactly as sampled and scored
-        rows = [kept[s] for s in seeds]
-        out = SampleOutput(to_float01(torch.stack([im for im, _ in rows])))
-        out.extras = {key: torch.stack([e[key] for _, e in rows]) for key in extras}
-        return out
-
-    return [candidates[i] for i in chosen], replay
 
 
 def save_twins(pool: Pool, backend: Backend, settings: SamplerSettings, k: int, learner, root,

@@ -37,6 +37,8 @@ from deliberate.data.files import (
 from deliberate.errors import DeliberateError
 
 CONFIG_LIMIT = 2**20  # bytes of config.yaml: a resolved config is a few KiB
+# Where a run keeps shared files, not what it computes: a run resumes with any value of these.
+NOT_COMPARED = ("cache",)
 STATE_ERRORS = (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError)
 
 
@@ -101,7 +103,8 @@ class RunDir:
             if not isinstance(old, dict):
                 raise DeliberateError(f"{self.config_file} is not a run config; restore it")
             old = _with_defaults(old, json.loads(json.dumps(defaults or {})))
-            where = _first_difference(old, config)
+            where = _first_difference(*({k: v for k, v in c.items() if k not in NOT_COMPARED}
+                                        for c in (old, config)))  # fmt: skip
             if where is not None:
                 raise DeliberateError(
                     f"{self.root} was started with a different config ({where}: "

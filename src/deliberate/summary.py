@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from deliberate import accounting
+from deliberate.cache import round0_summary
 from deliberate.data.files import atomic_file, check_regular, read_inside
 from deliberate.data.shifted import evaluate_shifted
 from deliberate.learner import predict
@@ -118,6 +119,7 @@ def loop_summary(rd, state, *, branches: list, budgets: list, prefixes: list) ->
         **({"budgets": budgets} if budgets else {}),
         **({"prefixes": prefixes} if prefixes else {}),
         **{k: last[k] for k in state.ledger},
+        **round0_summary(rd.root),  # round0_cached, round0_cache: what the cache saved
     }
 
 

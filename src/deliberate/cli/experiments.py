@@ -9,7 +9,7 @@ import argparse
 import time
 from pathlib import Path
 
-from deliberate.cli.args import add_set_argument
+from deliberate.cli.args import add_cache_argument, add_set_argument, cache_set
 
 DEMO = "fmnist/demo"  # the preset
 
@@ -44,7 +44,8 @@ def cmd_demo(args) -> int:
     out, t0 = Path(args.out), time.perf_counter()
     print(f"demo: static vs DP (omega = 0) vs DP (omega > 0) from {spec}, into {out}; "
           "re-run the same command to resume", flush=True)  # fmt: skip
-    run_sweep(spec, out, args.set, progress=not args.quiet, report_dir=out)
+    run_sweep(spec, out, [*args.set, *cache_set(args.cache)], progress=not args.quiet,
+              report_dir=out)
     print("\n" + "\n".join(demo_table(out)))
     print(f"\nreport: {out / 'report.md'} ({time.perf_counter() - t0:.0f} s)")
     return 0
@@ -55,10 +56,11 @@ def cmd_sweep(args) -> int:
     from deliberate.sweep import describe, run_sweep
 
     spec = resolve(args.spec)
+    sets = [*args.set, *cache_set(args.cache)]
     if args.dry_run:
-        print(describe(spec, args.out, args.set, args.seeds))
+        print(describe(spec, args.out, sets, args.seeds))
         return 0
-    rows = run_sweep(spec, args.out, args.set, args.seeds, progress=not args.quiet)
+    rows = run_sweep(spec, args.out, sets, args.seeds, progress=not args.quiet)
     for r in rows:
         print(f"{r['dir']}: pool {r['pool_size']}, real test {_pct(r['test_acc'])} %")
     print(f"report: {Path(args.out) / 'report' / 'report.md'}")
@@ -100,6 +102,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", default="runs/demo", help="demo folder")
     p.add_argument("--config", default=None, help=f"sweep file or preset; none = the {DEMO} preset")
     add_set_argument(p, "learner.iterations=500")
+    add_cache_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 
@@ -115,6 +118,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="sweep folder")
     add_set_argument(p, "learner.iterations=500")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the file's seeds")
+    add_cache_argument(p)
     p.add_argument("--dry-run", action="store_true", help="list the points and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_sweep)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from deliberate.cli.args import add_set_argument
+from deliberate.cli.args import add_cache_argument, add_set_argument, cache_set
 
 
 def cmd_run(args) -> int:
@@ -24,7 +24,7 @@ def cmd_run(args) -> int:
         config = Path(args.out) / "config.yaml"
         if not config.is_file():
             raise DeliberateError(f"{args.out} holds no run to resume; give a CONFIG file")
-    cfg = load_config(PracticeConfig, config, args.set)
+    cfg = load_config(PracticeConfig, config, [*args.set, *cache_set(args.cache)])
     s = run_practice(cfg, args.out, progress=not args.quiet,
                      tensorboard=args.tensorboard)  # under torchrun: on every rank
     if not distributed.is_main():
@@ -72,6 +72,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--out", required=True, metavar="DIR", help="run folder (created or resumed)")
     add_set_argument(p, "practice.patience=3")
+    add_cache_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--tensorboard", metavar="TB_DIR", default=None,
                    help="also write the metrics rows as TensorBoard scalars (a live view)")

@@ -11,10 +11,12 @@ resolves a path read from a file in the folder and refuses one that leads out of
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import json
 import os
+import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -183,6 +185,33 @@ def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
+
+
+# Why os.link can fail where a copy still works: another filesystem, a filesystem without hard
+# links, fs.protected_hardlinks (a file of another user), the inode's link limit.
+LINK_ERRORS = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP,
+               errno.EACCES)  # fmt: skip
+
+
+def link_or_copy(src: Path, fd: int, dst: Path) -> bool:
+    """Hard-link the file open as `fd` (found at `src`) to the new name `dst`: True. Where the
+    filesystem refuses a link, copy it from `fd` instead (atomically): False. The link is
+    checked to be `fd`'s inode, so a file swapped at `src` meanwhile is never linked."""
+    st = os.fstat(fd)
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError as e:
+        if e.errno not in LINK_ERRORS:
+            raise
+        os.lseek(fd, 0, os.SEEK_SET)
+        with atomic_file(dst) as f, os.fdopen(os.dup(fd), "rb") as g:
+            shutil.copyfileobj(g, f, 2**22)
+        return False
+    got = os.lstat(dst)
+    if (got.st_dev, got.st_ino) != (st.st_dev, st.st_ino):
+        dst.unlink()
+        raise DeliberateError(f"{src} changed while it was being linked; re-run")
+    return True
 
 
 def _plain(value: Any) -> Any:

@@ -6,12 +6,21 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from deliberate import faults
-from deliberate.data.files import _dumps, _fsync_dir, atomic_file, check_folder
+from deliberate.data.files import (
+    _dumps,
+    _fsync_dir,
+    atomic_file,
+    check_folder,
+    check_regular,
+    link_or_copy,
+    open_fd_inside,
+)
 from deliberate.errors import DeliberateError
 
 
@@ -51,6 +60,27 @@ class Staging:
             np.savez(f, **self.codec.members(images), ids=ids, labels=labels, rows=packed)
             faults.point("pool.shard_tmp_written")
         faults.point("pool.staged")
+
+    def stage_file(
+        self, root: Path, rel: str | Path, *, shard: int, inode: tuple[int, int]
+    ) -> bool:
+        """Stage an existing shard file, `root/rel` (a cached round 0's), as future shard number
+        `shard`: by hard link, the same inode, no copy (True); a copy where the filesystem
+        refuses links (False). `inode` is the (st_dev, st_ino) the caller verified; `commit`
+        checks the file like any staged shard, and nothing ever writes into a shard."""
+        if not check_folder(self._staging):
+            self._staging.mkdir()
+        dst = self._staging / _shard_name(shard)
+        if check_regular(dst):  # left by an interrupted attempt at this shard
+            dst.unlink()
+        fd = open_fd_inside(root, rel)  # a regular file, reached through no symlink
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != inode:
+                raise DeliberateError(f"{Path(root) / rel} changed since it was verified; re-run")
+            return link_or_copy(Path(root) / rel, fd, dst)
+        finally:
+            os.close(fd)
 
     def staged(self) -> dict[int, list[int]]:
         """The complete staged shards: shard number -> the seeds of its images, in order."""

@@ -1,0 +1,80 @@
+"""Candidates on disk (deliberate.candidates): an oversampled round's R x P candidates go to
+RUN/candidates/round-k/ instead of RAM, and the round is the same bytes as the in-RAM choice."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import torch
+
+from deliberate import candidates
+from deliberate.config import load_config
+from deliberate.data.pool import Pool
+from deliberate.generators import pool_meta
+from deliberate.practice import PracticeConfig, run_practice
+from deliberate.rounds import ROUND_STRIDE, plan
+from tests.helpers import (
+    CONFIGS,
+    SMALL,
+    TORCH_DEFAULT_SEED,
+    needs_data,
+    tiny_backend,
+    tiny_generator_dir,
+)
+
+# helpers.SMALL on helpers.tiny_backend(seed=1), branch-outs off, practice.oversample=2.5: round
+# 1 keeps 10 of 25 candidates. sha256 of each pool file and of the metrics rows (without
+# seconds), recorded with the in-RAM implementation this replaced (commit 575d46d).
+PINNED = {
+    "columns/shard-000000.npz": "1b48f7387c4c28e3fca0a6125274e4000d1d00c6f347bf586bb5d952585ff410",
+    "columns/shard-000001.npz": "216c2f77b5519241e331b8f7280aa546e8a4db5e4298a4ce6cf74c4a8bb826dd",
+    "columns/shard-000002.npz": "98b82265431ba813bdc1eab51c37cbf727d5d9004b48d19a8fbc9e2f5ddec060",
+    "manifest.jsonl": "b759551041c7b540e076b32671d7dd1d6ab314f28384dad064c2e0e9e43b45d7",
+    "pool.json": "f69730bfd8f6ee2e1c473062a0f06ff44f1ee5b46a09fe9df57f57be8fae50a3",
+    "shards/shard-000000.npz": "f0c0cf880c35e25fbd9f8a1934ee208e90fd8b5e86c2465195f13f4270210878",
+    "shards/shard-000001.npz": "e178db8346c6a8b7c4d0a3e650681d99be7cc886b0f405166d26adf8a3304cd6",
+    "shards/shard-000002.npz": "9e6992fe6625783247118f2df6e19b75a5098fc26fa10e7621d896289643c69a",
+}
+PINNED_METRICS = "e73d7677f3a0225bde0776b5a6a61818f9ba4ad84c047bbb876a05afcb4ee7c2"
+
+
+@needs_data
+def test_candidates_on_disk_give_the_bytes_of_the_in_ram_choice(tmp_path_factory, tmp_path):
+    generator = tiny_generator_dir(tmp_path_factory)
+    sets = [f"generator.path={generator}", *SMALL, "practice.branch_outs=false",
+            "practice.oversample=2.5"]  # fmt: skip
+    torch.manual_seed(TORCH_DEFAULT_SEED)  # as in a fresh process (the pinned run was one)
+    out = tmp_path / "run"
+    run_practice(load_config(PracticeConfig, CONFIGS / "tiny.yaml", sets), out, progress=False)
+    pool = out / "pool"
+    got = {p.relative_to(pool).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+           for p in pool.rglob("*") if p.is_file() and p.name != ".lock"}  # fmt: skip
+    assert got == PINNED
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [{k: v for k, v in r.items() if not k.startswith("seconds_")} for r in rows]
+    assert hashlib.sha256(json.dumps(rows).encode()).hexdigest() == PINNED_METRICS
+    assert not (out / "candidates").exists()
+    assert sorted(set(Pool(pool).column("round").tolist())) == [0, 1]
+
+
+def test_a_staging_pool_of_another_learner_or_plan_is_begun_again(tmp_path):
+    backend = tiny_backend()
+    pairs = plan(range(10), 2, 0, ROUND_STRIDE)
+    stale = Pool.create(candidates.folder(tmp_path, 1), pool_meta(backend))
+    images = np.zeros((10, 28, 28), np.uint8)
+    stale.append(images, [{"label": y, "seed": s, "fingerprint": "old"} for y, s in pairs[:10]])
+    assert len(candidates._open(tmp_path, 1, backend, pairs, "old")) == 10  # resumed
+    assert len(candidates._open(tmp_path, 1, backend, pairs, "new")) == 0  # another learner
+    stale = candidates._open(tmp_path, 1, backend, pairs, "new")
+    stale.append(images, [{"label": y, "seed": s, "fingerprint": "new"} for y, s in pairs[10:]])
+    assert len(candidates._open(tmp_path, 1, backend, pairs, "new")) == 0  # not a prefix
+
+
+def test_removing_is_a_rename_then_a_delete(tmp_path):
+    Pool.create(candidates.folder(tmp_path, 2), {"image_shape": [28, 28], "num_classes": 10})
+    (tmp_path / "candidates" / ".round-1.removing" / "shards").mkdir(parents=True)  # a kill's
+    candidates.remove(tmp_path, 2)
+    assert not (tmp_path / "candidates").exists()
+    candidates.remove(tmp_path, 2)  # nothing left: a no-op
