@@ -67,7 +67,7 @@ def start(args: list[str], log: Path) -> int:
 
 
 PHASES = ("start-up", "round 0", "training to round 1", "after the fork: training, round 2, "
-          "branch-out", "report", "finishing")  # fmt: skip
+          "branch-out, summary", "finishing: summary.json written, the report")  # fmt: skip
 
 
 def phase(out: Path) -> str:
@@ -78,9 +78,7 @@ def phase(out: Path) -> str:
         return PHASES[1]
     if not (out / "branches").exists():
         return PHASES[2]
-    if not (out / "report").exists():
-        return PHASES[3]
-    return PHASES[4] if not (out / "summary.json").exists() else PHASES[5]
+    return PHASES[3] if not (out / "summary.json").exists() else PHASES[4]
 
 
 def rows(path: Path) -> list[dict]:
