@@ -41,6 +41,7 @@ from deliberate.data.files import (
 )
 from deliberate.data.shards import LOAD_ERRORS as _LOAD_ERRORS
 from deliberate.data.shards import (
+    NOT_DAMAGE,
     Damaged,
     PoolImages,
     _is_int,
@@ -277,7 +278,7 @@ class Pool(Staging):
             with open_inside(self.root, Path("shards") / name) as f:
                 images = memmap_images(f, self.image_shape)
         except _LOAD_ERRORS as e:
-            raise self._corrupt(name, _why(e)) from e
+            raise self._corrupt(name, e) from e
         if len(images) != count:
             raise self._corrupt(name, f"{len(images)} images, the manifest says {count}")
         return images
@@ -383,7 +384,7 @@ class Pool(Staging):
             with open_inside(self.root, Path("shards") / name) as f:
                 stamp = shard_stamp(f)
         except _LOAD_ERRORS as e:
-            raise self._corrupt(name, _why(e)) from e
+            raise self._corrupt(name, e) from e
         if not check_regular(self.root / "columns" / name):
             return None
         with open_inside(self.root, Path("columns") / name) as f:
@@ -429,17 +430,17 @@ class Pool(Staging):
             with open_inside(self.root, path.relative_to(self.root)) as f:
                 return read_shard(f, self.image_shape, images, self.num_classes)
         except _LOAD_ERRORS as e:
-            raise self._corrupt(path.name, _why(e)) from e
+            raise self._corrupt(path.name, e) from e
 
-    def _corrupt(self, name: str, why: str) -> DeliberateError:
+    def _corrupt(self, name: str, why: str | BaseException) -> DeliberateError:
+        """Damage in one line with the fix; a load error that is the system's limit is not."""
+        if isinstance(why, OSError) and why.errno in NOT_DAMAGE:
+            return self._err(f"cannot read {name} ({_one_line(why)}); the shard is not damaged: "
+                             "raise the open-file limit (ulimit -n) or free memory and re-run")  # fmt: skip
+        why = str(why) if isinstance(why, str | Damaged) else _one_line(why)
         nxt = _shard_name(int(name[6:-4]) + 1)
         later = " and every later shard" if (self._shard_dir / nxt).exists() else ""
         return DeliberateError(
             f"pool at {self.root} is damaged: shard {name} is corrupt ({why}); "
             f"delete it{later} and re-run"
         )
-
-
-def _why(e: BaseException) -> str:
-    """A load error as the reason in one line: a Damaged shard says it plainly."""
-    return str(e) if isinstance(e, Damaged) else _one_line(e)

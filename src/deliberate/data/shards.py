@@ -6,11 +6,13 @@ shards (`Pool.images_view`), so a pool never needs to fit in RAM."""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import zipfile
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -32,6 +34,9 @@ FORMAT, VERSION = "deliberate-pool", 1
 MAX_IMAGES = 10**7  # ids per shard: far above any batch (generate writes 250 by default)
 MAX_ROW_BYTES = 2**20  # one manifest row (a shard's `rows` and a line of manifest.jsonl)
 DEFLATE_RATIO = 1032  # deflate never expands data by more than this (zlib's hard limit)
+# Shards one images view keeps mapped: each map holds a file descriptor and a memory area, and
+# a pool of generator-batch shards (32 images each at ImageNet scale) has tens of thousands.
+MAX_MAPS = 256
 
 
 class Damaged(ValueError):
@@ -39,6 +44,7 @@ class Damaged(ValueError):
 
 
 LOAD_ERRORS = (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile, zlib.error)
+NOT_DAMAGE = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)  # the system's limits, not the shard's
 
 
 def _header(z: zipfile.ZipFile, size: int, member: str):
@@ -219,13 +225,14 @@ class PoolImages:
     """A pool's images by id, as a read-only lazy array (see `Pool.images_view`).
 
     `load(name, count)` returns shard `name`'s images (memory-mapped), refusing a shard that
-    does not hold `count` of them."""
+    does not hold `count` of them. At most MAX_MAPS shards stay mapped (the least recently read
+    is unmapped first), so a pool of any shard count stays under the open-file limit."""
 
     def __init__(self, shards: list[tuple[str, int, int]], n: int, shape,
                  load: Callable[[str, int], np.ndarray]):  # fmt: skip
         self._shards, self._n, self.shape = shards, n, (n, *shape)
         self._firsts = np.array([first for _, first, _ in shards], np.int64)
-        self._maps: dict[int, np.ndarray] = {}
+        self._maps: OrderedDict[int, np.ndarray] = OrderedDict()  # least recently read first
         self._load = load
         self.dtype = np.dtype(np.uint8)
 
@@ -233,9 +240,13 @@ class PoolImages:
         return self._n
 
     def _shard(self, j: int) -> np.ndarray:
-        if j not in self._maps:
+        if j in self._maps:
+            self._maps.move_to_end(j)
+        else:
             name, _, count = self._shards[j]
             self._maps[j] = self._load(name, count)
+            if len(self._maps) > MAX_MAPS:
+                self._maps.popitem(last=False)  # its file closes with its last reference
         return self._maps[j]
 
     def __getitem__(self, idx) -> np.ndarray:
