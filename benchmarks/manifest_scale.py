@@ -3,7 +3,9 @@
 Builds a pool in the on-disk format (tiny 1x1 images, rows like a DP run's: round, omega,
 entropy, learner_pred, guidance_skipped, fingerprint, sampler settings) shard by shard with the
 pool's own row, column and stamp functions, then measures each step in a fresh subprocess
-(peak RSS from `resource.getrusage`): `Pool(dir)` open, `round` + `label` columns, appending one
+(peak RSS: VmHWM of /proc/self/status, which starts afresh at exec; `getrusage`'s ru_maxrss
+does not: it carries the parent's peak into the child, so it read 774 MB for an empty child of a
+parent holding a 10M-row pool): `Pool(dir)` open, `round` + `label` columns, appending one
 more shard; and the old way, every row as a dict (`records()`), as the loop read it each round.
 `--old-src DIR` also opens the pool with an older checkout's `src` (which parsed every manifest
 row on open). A baseline child (the same imports, no pool) gives the interpreter's own RSS, so the
@@ -23,6 +25,7 @@ import argparse
 import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -80,28 +83,35 @@ def build(root: Path, total: int, per_shard: int) -> None:
 
 CHILD = r"""
 import json, resource, sys, time
+def peak_mb():  # this process's own peak RSS (VmHWM); ru_maxrss where /proc is missing
+    try:
+        line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 import numpy as np
 root, what = sys.argv[1], sys.argv[2]
 from deliberate.data.pool import Pool
 if what == "baseline":  # the interpreter with these imports, no pool
-    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"peak_rss_mb": peak_mb()}))
     sys.exit()
 t0 = time.perf_counter(); pool = Pool(root); out = {"open_s": time.perf_counter() - t0}
-out["open_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+out["open_rss_mb"] = peak_mb()
 t0 = time.perf_counter()
 if what == "records":
     rows = pool.records()
     rounds, labels = np.array([r["round"] for r in rows]), np.array([r["label"] for r in rows])
 elif what == "columns":
     rounds, labels = pool.column("round"), pool.column("label")
-out["columns_s"] = time.perf_counter() - t0
+if what != "open":
+    out["columns_s"] = time.perf_counter() - t0
 if what != "open":
     assert len(rounds) == len(labels) == len(pool)
     n = int(sys.argv[3])
     recs = [{"label": i % 10, "seed": -1 - i, "round": 99, "omega": 0.0} for i in range(n)]
     t0 = time.perf_counter(); pool.append(np.zeros((n, 1, 1), np.uint8), recs)
     out["append_s"] = time.perf_counter() - t0
-out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+out["peak_rss_mb"] = peak_mb()
 print(json.dumps(out))
 """
 
@@ -123,6 +133,7 @@ def main() -> None:
     ap.add_argument("--records-max", type=int, default=2_000_000,
                     help="time records() only up to this many rows (it holds ~2.5 KB per row)")
     ap.add_argument("--keep", help="build in (or reuse) this folder's pool/ and keep it")
+    ap.add_argument("--repeats", type=int, default=3, help="fresh processes for the open-only row")
     args = ap.parse_args()
     src = str(Path(__file__).resolve().parents[1] / "src")
     with contextlib.ExitStack() as stack:
@@ -138,7 +149,10 @@ def main() -> None:
               f"{size / 2**20:,.0f} MiB on disk, manifest "
               f"{(root / 'manifest.jsonl').stat().st_size / 2**20:,.0f} MiB")  # fmt: skip
         base = measure(root, "baseline", 0, src)["peak_rss_mb"]
-        rows = [("columns (this branch)", measure(root, "columns", args.shard_rows, src))]
+        opens = [measure(root, "open", 0, src) for _ in range(args.repeats)]
+        rows = [(f"open only (median of {args.repeats} processes)",
+                 {k: statistics.median(o[k] for o in opens) for k in opens[0]}),
+                ("columns (this branch)", measure(root, "columns", args.shard_rows, src))]  # fmt: skip
         if before <= args.records_max:
             rows.append(("records() (every row a dict)",
                          measure(root, "records", args.shard_rows, src)))  # fmt: skip
