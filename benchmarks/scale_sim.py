@@ -116,6 +116,9 @@ elif what == "read":
                          "warmup_s": first, "fds": fds() - before, **status()})
             del sampler, view
         out[root] = runs
+    from deliberate.data.shards import MAX_MAPS
+    import resource
+    out["max_maps"], out["nofile"] = MAX_MAPS, resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 elif what == "append":
     pool = Pool(args["root"]); pool.labels(); pool.column("round")  # as a live run holds them
     out = {"size": len(pool), "append_s": [], "staged_s": [], "join_s": []}
@@ -175,6 +178,7 @@ def run(args) -> dict:
         reads = child("read", torch=True, roots=roots, batch=args.batch, batches=args.batches,
                       repeats=args.repeats, configs=READS)  # one torch import for both pools
         res["read_big"], res["read_small"] = reads[roots[0]], reads[roots[1]]
+        res["max_maps"], res["nofile"] = reads["max_maps"], reads["nofile"]
         for key in ("tenth", "big"):
             res[f"append_{key}"] = child("append", root=str(pools[key][0]), round=args.round,
                                          gen_batch=args.gen_batch, repeats=args.repeats)  # fmt: skip
@@ -195,7 +199,8 @@ def tables(res: dict) -> str:
                    f"{o['VmHWM']:.0f} ({o['VmHWM'] - base['VmHWM']:.0f}) | "
                    f"{o['RssAnon']:.0f} ({o['RssAnon'] - base['RssAnon']:.0f}) |")  # fmt: skip
     out += ["", f"Minibatches of {a['batch']}, median of {a['repeats']} x {a['batches']} batches "
-            "after a warm-up of as many (warm page cache):", "",
+            f"after a warm-up of as many (warm page cache; a view keeps {res['max_maps']:,} shards "
+            f"mapped at most, ulimit -n {res['nofile']:,}):", "",
             "| sampler | pool | images/s | warm-up s | fds held by the process | RssAnon MB "
             "(above torch baseline) | RssFile MB |",
             "|---|---|---|---|---|---|---|"]  # fmt: skip

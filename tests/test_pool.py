@@ -168,6 +168,18 @@ def test_images_view_keeps_few_shards_mapped(tmp_path, monkeypatch):
     assert np.array_equal(view[np.arange(16)], images)
     assert len(view._maps) == 3 and list(view._maps) == [5, 6, 7]  # the most recently read
     assert len(os.listdir("/proc/self/fd")) <= fds + 3
+    again = pool.images_view()  # shards mapped again from their remembered offsets
+    assert np.array_equal(again[ids], images[ids]) and np.array_equal(again[::-1], images[::-1])
+
+
+def test_the_map_limit_follows_the_open_file_limit(monkeypatch):
+    import resource
+
+    from deliberate.data import shards
+
+    for soft, want in ((1024, 256), (100, 64), (2**20, 16_384), (resource.RLIM_INFINITY, 16_384)):
+        monkeypatch.setattr(resource, "getrlimit", lambda _, soft=soft: (soft, soft))
+        assert shards._map_limit() == want
 
 
 def test_running_out_of_file_descriptors_is_not_called_damage(tmp_path, monkeypatch):

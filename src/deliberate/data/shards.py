@@ -10,6 +10,7 @@ import errno
 import json
 import math
 import os
+import resource
 import zipfile
 import zlib
 from collections import OrderedDict
@@ -34,9 +35,18 @@ FORMAT, VERSION = "deliberate-pool", 1
 MAX_IMAGES = 10**7  # ids per shard: far above any batch (generate writes 250 by default)
 MAX_ROW_BYTES = 2**20  # one manifest row (a shard's `rows` and a line of manifest.jsonl)
 DEFLATE_RATIO = 1032  # deflate never expands data by more than this (zlib's hard limit)
-# Shards one images view keeps mapped: each map holds a file descriptor and a memory area, and
-# a pool of generator-batch shards (32 images each at ImageNet scale) has tens of thousands.
-MAX_MAPS = 256
+
+
+def _map_limit() -> int:
+    """Shards one images view keeps mapped. Each map holds a file descriptor and a memory area,
+    and a pool of generator-batch shards (32 images each at ImageNet scale) has tens of thousands:
+    a quarter of the soft open-file limit, at most 16,384 (Linux allows 65,530 maps a process)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 16_384 if soft == resource.RLIM_INFINITY else max(64, min(soft // 4, 16_384))
+
+
+MAX_MAPS = _map_limit()
+_LAYOUTS: dict[tuple, tuple] = {}  # a checked shard file's identity -> where its images lie
 
 
 class Damaged(ValueError):
@@ -130,8 +140,14 @@ def memmap_images(f: IO, image_shape: tuple) -> np.ndarray:
     """A shard's images memory-mapped in place (read whole when compressed), headers checked.
 
     `np.savez` stores members uncompressed (ZIP_STORED): the member's bytes are a plain .npy
-    file at a fixed offset, after the zip local header whose name and extra lengths vary.
+    file at a fixed offset, after the zip local header whose name and extra lengths vary. That
+    offset is remembered per file (device, inode, size, mtime), so mapping a shard again, once
+    a view has dropped it, skips the archive's parsing: shards are never rewritten in place.
     """
+    st = os.fstat(f.fileno())
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, tuple(image_shape))
+    if key in _LAYOUTS:
+        return np.memmap(f, *_LAYOUTS[key])
     z, heads, _ = _members(f, ("ids", "images"), image_shape)
     info, shape, fortran, dtype, start = heads["images"]
     with z:
@@ -144,7 +160,11 @@ def memmap_images(f: IO, image_shape: tuple) -> np.ndarray:
         raise Damaged("images.npy has no local zip header where the directory says")
     name_len, extra_len = (int.from_bytes(local[i : i + 2], "little") for i in (26, 28))
     offset = info.header_offset + 30 + name_len + extra_len + start
-    return np.memmap(f, dtype, "r", offset, shape, "F" if fortran else "C")
+    layout = (dtype, "r", offset, shape, "F" if fortran else "C")
+    if len(_LAYOUTS) >= 2**20:  # ~100 B each: a bound, far above any pool's shard count
+        _LAYOUTS.clear()
+    _LAYOUTS[key] = layout
+    return np.memmap(f, *layout)
 
 
 def write_header(root: Path, meta: dict) -> None:
