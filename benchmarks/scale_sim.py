@@ -86,12 +86,15 @@ elif what == "open":
     t0 = time.perf_counter(); pool = Pool(args["root"]); out["open_s"] = time.perf_counter() - t0
     out.update(status())
 elif what == "read":
+    from deliberate.data import shards
     torch.set_num_threads(1)
+    default_maps = shards.MAX_MAPS
     out = {}
     for root in args["roots"]:
         pool = Pool(root); labels, rounds = pool.labels(), pool.column("round")
         before, b, runs = fds(), args["batch"], []
-        for name, workers, weight in args["configs"]:
+        for name, workers, weight, maps in args["configs"]:
+            shards.MAX_MAPS = maps or default_maps  # as a lower `ulimit -n` would set it
             view = pool.images_view()  # a fresh view: nothing mapped yet
             n_batches = args["batches"] * (args["repeats"] + 1)
             if workers is None:
@@ -116,9 +119,8 @@ elif what == "read":
                          "warmup_s": first, "fds": fds() - before, **status()})
             del sampler, view
         out[root] = runs
-    from deliberate.data.shards import MAX_MAPS
     import resource
-    out["max_maps"], out["nofile"] = MAX_MAPS, resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    out["max_maps"], out["nofile"] = default_maps, resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 elif what == "append":
     pool = Pool(args["root"]); pool.labels(); pool.column("round")  # as a live run holds them
     out = {"size": len(pool), "append_s": [], "staged_s": [], "join_s": []}
@@ -151,12 +153,14 @@ def child(what: str, **args) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-READS = [  # (name, DataLoader workers or None for inline, new_data_weight)
-    ("inline `pool_sampler`, uniform", None, 1.0),
-    ("inline `pool_sampler`, newest round 2x", None, 2.0),
-    ("`loader: workers`, 0 workers", 0, 1.0),
-    ("`loader: workers`, 1 worker", 1, 1.0),
-    ("`loader: workers`, 2 workers", 2, 1.0),
+READS = [  # (name, DataLoader workers or None for inline, new_data_weight, shards mapped at once)
+    ("inline `pool_sampler`, uniform", None, 1.0, None),
+    ("inline `pool_sampler`, newest round 2x", None, 2.0, None),
+    ("`loader: workers`, 0 workers", 0, 1.0, None),
+    ("`loader: workers`, 1 worker", 1, 1.0, None),
+    ("`loader: workers`, 2 workers", 2, 1.0, None),
+    ("inline, 256 shards mapped (as at `ulimit -n 1024`)", None, 1.0, 256),
+    ("`loader: workers`, 2 workers, 256 shards mapped", 2, 1.0, 256),
 ]
 
 

@@ -26,7 +26,7 @@ def test_quick_run_prints_every_table_with_sane_numbers(tmp_path):
     assert "| pool size before | one `append` shard s |" in proc.stdout
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     for key in ("read_big", "read_small"):
-        assert len(res[key]) == 5 and all(r["img_s"] > 0 for r in res[key])
+        assert len(res[key]) == 7 and all(r["img_s"] > 0 for r in res[key])
     assert all(r["fds"] <= MAX_MAPS + 16 for r in res["read_small"])  # a map holds a descriptor
     for key in ("append_tenth", "append_big"):  # one plain round and one staged round each
         assert res[key]["after"] == res[key]["size"] + 2 * res["args"]["round"]
