@@ -20,7 +20,7 @@ Two pools are measured: `--rows` images in shards of `--shard` (large shards: qu
 and `--small-rows` images in shards of `--gen-batch` (32 in the ImageNet DP presets, where a
 shard is a generator batch) to show what shard count, not image count, costs.
 
-    python benchmarks/scale_sim.py                     # 1M images: ~10 minutes here
+    python benchmarks/scale_sim.py                     # 1M images: ~17 minutes here
     python benchmarks/scale_sim.py --quick             # seconds; tests/test_scale_sim.py runs it
 Prints markdown tables (medians over --repeats) and one JSON line with every number.
 """
