@@ -3,21 +3,29 @@
 Builds a pool in the on-disk format (tiny 1x1 images, rows like a DP run's: round, omega,
 entropy, learner_pred, guidance_skipped, fingerprint, sampler settings) shard by shard with the
 pool's own row, column and stamp functions, then measures each step in a fresh subprocess
-(peak RSS from `resource.getrusage`): `Pool(dir)` open, `round` + `label` columns, appending one
+(peak RSS: VmHWM of /proc/self/status, which starts afresh at exec; `getrusage`'s ru_maxrss
+does not: it carries the parent's peak into the child, so it read 774 MB for an empty child of a
+parent holding a 10M-row pool): `Pool(dir)` open, `round` + `label` columns, appending one
 more shard; and the old way, every row as a dict (`records()`), as the loop read it each round.
 `--old-src DIR` also opens the pool with an older checkout's `src` (which parsed every manifest
-row on open). Prints a table for BENCHMARKS.md.
+row on open). A baseline child (the same imports, no pool) gives the interpreter's own RSS, so the
+table also shows what the pool itself holds. `records()` is skipped above `--records-max` rows
+(2.5 GB at 1M rows: 10M would not fit in 24 GiB). `--keep DIR` builds the pool in DIR (or reuses
+the one there) and leaves it, for re-measuring or profiling. Prints a table for BENCHMARKS.md.
 
     python benchmarks/manifest_scale.py --rows 2000000          # a few minutes here
     python benchmarks/manifest_scale.py --rows 10000000         # the issue's 10M target
     python benchmarks/manifest_scale.py --rows 2000000 --old-src /path/to/old/checkout/src
+    python benchmarks/manifest_scale.py --rows 10000000 --keep /tmp/m10m   # build once, keep
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -75,25 +83,35 @@ def build(root: Path, total: int, per_shard: int) -> None:
 
 CHILD = r"""
 import json, resource, sys, time
+def peak_mb():  # this process's own peak RSS (VmHWM); ru_maxrss where /proc is missing
+    try:
+        line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 import numpy as np
 root, what = sys.argv[1], sys.argv[2]
 from deliberate.data.pool import Pool
+if what == "baseline":  # the interpreter with these imports, no pool
+    print(json.dumps({"peak_rss_mb": peak_mb()}))
+    sys.exit()
 t0 = time.perf_counter(); pool = Pool(root); out = {"open_s": time.perf_counter() - t0}
-out["open_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+out["open_rss_mb"] = peak_mb()
 t0 = time.perf_counter()
 if what == "records":
     rows = pool.records()
     rounds, labels = np.array([r["round"] for r in rows]), np.array([r["label"] for r in rows])
 elif what == "columns":
     rounds, labels = pool.column("round"), pool.column("label")
-out["columns_s"] = time.perf_counter() - t0
+if what != "open":
+    out["columns_s"] = time.perf_counter() - t0
 if what != "open":
     assert len(rounds) == len(labels) == len(pool)
     n = int(sys.argv[3])
     recs = [{"label": i % 10, "seed": -1 - i, "round": 99, "omega": 0.0} for i in range(n)]
     t0 = time.perf_counter(); pool.append(np.zeros((n, 1, 1), np.uint8), recs)
     out["append_s"] = time.perf_counter() - t0
-out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+out["peak_rss_mb"] = peak_mb()
 print(json.dumps(out))
 """
 
@@ -112,37 +130,49 @@ def main() -> None:
     ap.add_argument("--dir", help="build here (default: a temp folder, deleted after)")
     ap.add_argument("--old-src", help="also open the pool with this older checkout's src")
     ap.add_argument("--rebuild", action="store_true", help="also time an open without columns/")
+    ap.add_argument("--records-max", type=int, default=2_000_000,
+                    help="time records() only up to this many rows (it holds ~2.5 KB per row)")
+    ap.add_argument("--keep", help="build in (or reuse) this folder's pool/ and keep it")
+    ap.add_argument("--repeats", type=int, default=3, help="fresh processes for the open-only row")
     args = ap.parse_args()
     src = str(Path(__file__).resolve().parents[1] / "src")
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = args.keep or stack.enter_context(tempfile.TemporaryDirectory(dir=args.dir))
         root = Path(tmp) / "pool"
-        t0 = time.perf_counter()
-        build(root, args.rows, args.shard_rows)
-        built = time.perf_counter() - t0
+        t0, how = time.perf_counter(), "reused"
+        if not (root / "pool.json").exists():
+            build(root, args.rows, args.shard_rows)
+            how = f"built in {time.perf_counter() - t0:.0f} s"
+        before = len(Pool(root))
         size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
-        print(f"built {args.rows:,} rows in {args.rows // args.shard_rows:,} shards in "
-              f"{built:.0f} s ({size / 2**20:,.0f} MiB on disk, manifest "
-              f"{(root / 'manifest.jsonl').stat().st_size / 2**20:,.0f} MiB)")  # fmt: skip
-        rows = [
-            ("columns (this branch)", measure(root, "columns", args.shard_rows, src)),
-            ("records() (every row a dict)", measure(root, "records", args.shard_rows, src)),
-        ]
+        print(f"pool of {before:,} rows in {len(Pool(root).shards):,} shards ({how}), "
+              f"{size / 2**20:,.0f} MiB on disk, manifest "
+              f"{(root / 'manifest.jsonl').stat().st_size / 2**20:,.0f} MiB")  # fmt: skip
+        base = measure(root, "baseline", 0, src)["peak_rss_mb"]
+        opens = [measure(root, "open", 0, src) for _ in range(args.repeats)]
+        rows = [(f"open only (median of {args.repeats} processes)",
+                 {k: statistics.median(o[k] for o in opens) for k in opens[0]}),
+                ("columns (this branch)", measure(root, "columns", args.shard_rows, src))]  # fmt: skip
+        if before <= args.records_max:
+            rows.append(("records() (every row a dict)",
+                         measure(root, "records", args.shard_rows, src)))  # fmt: skip
         if args.old_src:
             rows.append(("old open (parses the manifest)", measure(root, "open", 0, args.old_src)))
         if args.rebuild:
             for p in (root / "columns").iterdir():
                 p.unlink()
             rows.append(("open without columns/ (rebuild)", measure(root, "open", 0, src)))
-        assert len(Pool(root)) == args.rows + 2 * args.shard_rows
-    print(
-        f"\n| {args.rows:,} rows | open s | RSS after open MB | round+label s | append s | peak RSS MB |"
-    )
+        appended = sum("append_s" in m for _, m in rows) * args.shard_rows
+        assert len(Pool(root)) == before + appended
+    print(f"\nbaseline (python + numpy + deliberate.data.pool, no pool): {base:,.0f} MB peak RSS")
+    print(f"\n| {before:,} rows | open s | RSS after open MB (above baseline) | round+label s "
+          "| append s | peak RSS MB (above baseline) |")  # fmt: skip
     print("|---|---|---|---|---|---|")
     for name, m in rows:
-        cells = [
-            m.get(k) for k in ("open_s", "open_rss_mb", "columns_s", "append_s", "peak_rss_mb")
-        ]
-        print(f"| {name} | " + " | ".join("-" if c is None else f"{c:,.2f}" for c in cells) + " |")
+        cells = [f"{m['open_s']:,.2f}", f"{m['open_rss_mb']:,.0f} ({m['open_rss_mb'] - base:,.0f})"]
+        cells += ["-" if m.get(k) is None else f"{m[k]:,.2f}" for k in ("columns_s", "append_s")]
+        cells += [f"{m['peak_rss_mb']:,.0f} ({m['peak_rss_mb'] - base:,.0f})"]
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import signal
@@ -154,6 +155,42 @@ def test_images_view_reads_batches_from_memory_mapped_shards(tmp_path, shape):
     (pool.root / "shards" / "shard-000002.npz").write_bytes(b"PK\x03\x04")
     with pytest.raises(DeliberateError, match="shard-000002.npz is corrupt"):
         pool.images_view()[[19]]
+
+
+def test_images_view_keeps_few_shards_mapped(tmp_path, monkeypatch):
+    """Each mapped shard holds a file descriptor: a pool of more shards than MAX_MAPS (tens of
+    thousands of generator batches at ImageNet scale) must not run out of them."""
+    monkeypatch.setattr("deliberate.data.shards.MAX_MAPS", 3)
+    pool, images = filled(tmp_path, (2,) * 8)
+    view, fds = pool.images_view(), len(os.listdir("/proc/self/fd"))
+    ids = np.random.default_rng(0).integers(0, 16, 200)
+    assert np.array_equal(view[ids], images[ids])
+    assert np.array_equal(view[np.arange(16)], images)
+    assert len(view._maps) == 3 and list(view._maps) == [5, 6, 7]  # the most recently read
+    assert len(os.listdir("/proc/self/fd")) <= fds + 3
+    again = pool.images_view()  # shards mapped again from their remembered offsets
+    assert np.array_equal(again[ids], images[ids]) and np.array_equal(again[::-1], images[::-1])
+
+
+def test_the_map_limit_follows_the_open_file_limit(monkeypatch):
+    import resource
+
+    from deliberate.data import shards
+
+    for soft, want in ((1024, 256), (100, 64), (2**20, 16_384), (resource.RLIM_INFINITY, 16_384)):
+        monkeypatch.setattr(resource, "getrlimit", lambda _, soft=soft: (soft, soft))
+        assert shards._map_limit() == want
+
+
+def test_running_out_of_file_descriptors_is_not_called_damage(tmp_path, monkeypatch):
+    pool, _ = filled(tmp_path, (3, 3))
+
+    def emfile(*args, **kwargs):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr("deliberate.data.pool.memmap_images", emfile)
+    with pytest.raises(DeliberateError, match=r"shard is not damaged: raise the open-file limit"):
+        pool.images_view()[[4]]
 
 
 def test_damaged_shards_are_reported_with_the_fix(tmp_path):

@@ -46,8 +46,8 @@ from deliberate.data.shards import (
     Damaged,
     PoolImages,
     _is_int,
-    _why,
     check_meta,
+    corrupt_shard,
     memmap_images,
     read_header,
     read_shard,
@@ -289,7 +289,7 @@ class Pool(Staging):
                 fail = partial(self._corrupt, name)  # a damaged image found when decoded
                 images = memmap_images(f, self.image_shape, self.codec, fail)
         except _LOAD_ERRORS as e:
-            raise self._corrupt(name, _why(e)) from e
+            raise self._corrupt(name, e) from e
         if len(images) != count:
             raise self._corrupt(name, f"{len(images)} images, the manifest says {count}")
         return images
@@ -390,7 +390,7 @@ class Pool(Staging):
             with open_inside(self.root, Path("shards") / name) as f:
                 stamp = shard_stamp(f)
         except _LOAD_ERRORS as e:
-            raise self._corrupt(name, _why(e)) from e
+            raise self._corrupt(name, e) from e
         if not check_regular(self.root / "columns" / name):
             return None
         with open_inside(self.root, Path("columns") / name) as f:
@@ -437,12 +437,7 @@ class Pool(Staging):
             with open_inside(self.root, path.relative_to(self.root)) as f:
                 return read_shard(f, self.image_shape, images, self.num_classes, self.codec)
         except _LOAD_ERRORS as e:
-            raise self._corrupt(path.name, _why(e)) from e
+            raise self._corrupt(path.name, e) from e
 
-    def _corrupt(self, name: str, why: str) -> DeliberateError:
-        nxt = _shard_name(int(name[6:-4]) + 1)
-        later = " and every later shard" if (self._shard_dir / nxt).exists() else ""
-        return DeliberateError(
-            f"pool at {self.root} is damaged: shard {name} is corrupt ({why}); "
-            f"delete it{later} and re-run"
-        )
+    def _corrupt(self, name: str, why: str | BaseException) -> DeliberateError:
+        return corrupt_shard(self.root, name, why)

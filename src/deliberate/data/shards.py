@@ -7,11 +7,14 @@ deliberate.data.codecs). And the pool's images as one lazy array over its shards
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import resource
 import zipfile
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -37,16 +40,45 @@ MAX_ROW_BYTES = 2**20  # one manifest row (a shard's `rows` and a line of manife
 DEFLATE_RATIO = 1032  # deflate never expands data by more than this (zlib's hard limit)
 
 
+def _map_limit() -> int:
+    """Shards one images view keeps mapped. Each map holds a file descriptor and a memory area,
+    and a pool of generator-batch shards (32 images each at ImageNet scale) has tens of thousands:
+    a quarter of the soft open-file limit, at most 16,384 (Linux allows 65,530 maps a process)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 16_384 if soft == resource.RLIM_INFINITY else max(64, min(soft // 4, 16_384))
+
+
+MAX_MAPS = _map_limit()
+_LAYOUTS: dict[tuple, tuple] = {}  # a checked shard file's identity -> where its images lie
+
+
 class Damaged(ValueError):
     """A shard whose bytes are not what a pool writes; the message says how (one line)."""
 
 
 LOAD_ERRORS = (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile, zlib.error)
+NOT_DAMAGE = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)  # the system's limits, not the shard's
 
 
 def _why(e: BaseException) -> str:
     """A load error as the reason in one line: a Damaged shard says it plainly."""
     return str(e) if isinstance(e, Damaged) else _one_line(e)
+
+
+def corrupt_shard(root: Path, name: str, why: str | BaseException) -> DeliberateError:
+    """A shard's load error in one line with the fix; one that is the system's limit (file
+    descriptors, memory) is not damage, and says so."""
+    if isinstance(why, OSError) and why.errno in NOT_DAMAGE:
+        return DeliberateError(
+            f"pool at {root}: cannot read {name} ({_one_line(why)}); the shard is not damaged: "
+            "raise the open-file limit (ulimit -n) or free memory and re-run"
+        )
+    why = why if isinstance(why, str) else _why(why)
+    later = (root / "shards" / f"shard-{int(name[6:-4]) + 1:06d}.npz").exists()
+    return DeliberateError(
+        f"pool at {root} is damaged: shard {name} is corrupt ({why}); "
+        f"delete it{' and every later shard' if later else ''} and re-run"
+    )
 
 
 def _header(z: zipfile.ZipFile, size: int, member: str):
@@ -179,8 +211,14 @@ def _memmap(f: IO, member: str, names: tuple[str, ...], image_shape) -> np.ndarr
     """Member `member` memory-mapped in place, the headers of `names` checked first.
 
     `np.savez` stores members uncompressed (ZIP_STORED): the member's bytes are a plain .npy
-    file at a fixed offset, after the zip local header whose name and extra lengths vary.
+    file at a fixed offset, after the zip local header whose name and extra lengths vary. That
+    offset is remembered per file (device, inode, size, mtime), so mapping a shard again, once
+    a view has dropped it, skips the archive's parsing: shards are never rewritten in place.
     """
+    st = os.fstat(f.fileno())
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, member, tuple(image_shape))
+    if key in _LAYOUTS:
+        return np.memmap(f, *_LAYOUTS[key])
     z, heads, _ = _members(f, names, image_shape)
     info, shape, fortran, dtype, start = heads[member]
     with z:
@@ -193,7 +231,11 @@ def _memmap(f: IO, member: str, names: tuple[str, ...], image_shape) -> np.ndarr
         raise Damaged(f"{member}.npy has no local zip header where the directory says")
     name_len, extra_len = (int.from_bytes(local[i : i + 2], "little") for i in (26, 28))
     offset = info.header_offset + 30 + name_len + extra_len + start
-    return np.memmap(f, dtype, "r", offset, shape, "F" if fortran else "C")
+    layout = (dtype, "r", offset, shape, "F" if fortran else "C")
+    if len(_LAYOUTS) >= 2**20:  # ~100 B each: a bound, far above any pool's shard count
+        _LAYOUTS.clear()
+    _LAYOUTS[key] = layout
+    return np.memmap(f, *layout)
 
 
 def write_header(root: Path, meta: dict) -> None:
@@ -281,13 +323,14 @@ class PoolImages:
     """A pool's images by id, as a read-only lazy array (see `Pool.images_view`).
 
     `load(name, count)` returns shard `name`'s images (memory-mapped), refusing a shard that
-    does not hold `count` of them."""
+    does not hold `count` of them. At most MAX_MAPS shards stay mapped (the least recently read
+    is unmapped first), so a pool of any shard count stays under the open-file limit."""
 
     def __init__(self, shards: list[tuple[str, int, int]], n: int, shape,
                  load: Callable[[str, int], np.ndarray]):  # fmt: skip
         self._shards, self._n, self.shape = shards, n, (n, *shape)
         self._firsts = np.array([first for _, first, _ in shards], np.int64)
-        self._maps: dict[int, np.ndarray] = {}
+        self._maps: OrderedDict[int, np.ndarray] = OrderedDict()  # least recently read first
         self._load = load
         self.dtype = np.dtype(np.uint8)
 
@@ -295,12 +338,16 @@ class PoolImages:
         return self._n
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_maps": {}}  # a memory map would pickle as a copy of its shard
+        return {**self.__dict__, "_maps": OrderedDict()}  # a map would pickle as a copy
 
     def _shard(self, j: int) -> np.ndarray:
-        if j not in self._maps:
+        if j in self._maps:
+            self._maps.move_to_end(j)
+        else:
             name, _, count = self._shards[j]
             self._maps[j] = self._load(name, count)
+            if len(self._maps) > MAX_MAPS:
+                self._maps.popitem(last=False)  # its file closes with its last reference
         return self._maps[j]
 
     def __getitem__(self, idx) -> np.ndarray:
