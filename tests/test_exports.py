@@ -214,7 +214,12 @@ def test_sigint_during_export_keeps_the_old_output_and_says_export_again(tmp_pat
         return save(self, *args, **kwargs)
 
     monkeypatch.setattr(Image.Image, "save", interrupted_save)
-    code = main(["export", str(pool.root), "--format", fmt, "--out", str(out), "--force"])
+    # As in a fresh `deliberate` process (something earlier in the suite may have replaced it).
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        code = main(["export", str(pool.root), "--format", fmt, "--out", str(out), "--force"])
+    finally:
+        signal.signal(signal.SIGINT, old)
     err = capsys.readouterr().err
     assert code == 130 and len(calls) == 4, err
     assert err == (f"deliberate: interrupted; nothing was written to {out} (an export is built "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 
 import numpy as np
 import pytest
@@ -64,3 +65,26 @@ def test_a_run_with_loader_workers_is_the_same_for_any_worker_count(generator, t
         rows[workers] = [{k: v for k, v in json.loads(line).items() if not k.startswith("seconds")}
                          for line in (out / "metrics.jsonl").read_text().splitlines()]  # fmt: skip
     assert rows[0] == rows[2] and len(rows[0]) == 4
+
+
+@needs_data
+@pytest.mark.parametrize("fault", ["train.step:15", "checkpoint.renamed:3"])
+def test_a_killed_run_with_loader_workers_resumes_to_the_same_metrics(generator, tmp_path, fault):
+    """SIGKILL with two DataLoader workers alive (mid window, or just after a checkpoint), then
+    the same command: the same pool and metrics as the run that was never killed."""
+    sets = ["--set=learner.loader=workers", "--set=learner.workers=2",
+            "--set=practice.branch_outs=false"]  # fmt: skip
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    assert fork_run([*cli_args(ref, generator), *sets]) == 0, ref.with_suffix(".err").read_text()
+    args = [*cli_args(out, generator), *sets]
+    assert fork_run(args, fault) == -signal.SIGKILL, f"{fault} was never reached"
+    assert fork_run(args) == 0, out.with_suffix(".err").read_text()
+
+    def rows(run):
+        return [{k: v for k, v in json.loads(line).items() if not k.startswith("seconds")}
+                for line in (run / "metrics.jsonl").read_text().splitlines()]  # fmt: skip
+
+    assert rows(out) == rows(ref) and len(rows(ref)) == 4
+    assert (out / "pool" / "manifest.jsonl").read_bytes() == (
+        ref / "pool" / "manifest.jsonl"
+    ).read_bytes()
