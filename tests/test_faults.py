@@ -102,13 +102,18 @@ def generator(tmp_path_factory):
     return make_generator(tmp_path_factory)
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, generator):
-    """The uninterrupted run every interrupted one must reproduce; its hits in `counts.json`."""
-    out = tmp_path_factory.mktemp("ref") / "run"
-    code = fork_run(cli_args(out, generator), counts=out.parent / "counts.json")
+def uninterrupted(tmp_path_factory, name: str, args_of) -> Path:
+    """An uninterrupted run of `deliberate <args_of(out)>`; its hits in `counts.json` beside it."""
+    out = tmp_path_factory.mktemp(name) / "run"
+    code = fork_run(args_of(out), counts=out.parent / "counts.json")
     assert code == 0, out.with_suffix(".err").read_text()
     return out
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, generator):
+    """The uninterrupted run every interrupted one must reproduce."""
+    return uninterrupted(tmp_path_factory, "ref", lambda out: cli_args(out, generator))
 
 
 def run_chain(args: list[str], chain: tuple[str, ...], out: Path) -> None:
@@ -237,19 +242,14 @@ def prune_args(out: Path, generator: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def prune_reference(tmp_path_factory, generator):
-    out = tmp_path_factory.mktemp("prune") / "run"
-    code = fork_run(prune_args(out, generator), counts=out.parent / "counts.json")
-    assert code == 0, out.with_suffix(".err").read_text()
-    return out
+    return uninterrupted(tmp_path_factory, "prune", lambda out: prune_args(out, generator))
 
 
 @pytest.fixture(scope="module")
 def oversampled(tmp_path_factory, generator):
     """The uninterrupted oversampled run (practice.oversample=2)."""
-    out = tmp_path_factory.mktemp("oversampled") / "run"
-    code = fork_run([*cli_args(out, generator), *OVERSAMPLE])
-    assert code == 0, out.with_suffix(".err").read_text()
-    return out
+    return uninterrupted(tmp_path_factory, "oversampled",
+                         lambda out: [*cli_args(out, generator), *OVERSAMPLE])  # fmt: skip
 
 
 @needs_data

@@ -71,12 +71,13 @@ def test_a_full_disk_during_generate_is_one_line_and_loses_nothing(tmp_path, cap
 
 
 @needs_data
-def test_a_full_disk_during_run_is_one_line_and_the_rerun_is_identical(tmp_path, monkeypatch):
+def test_a_full_disk_during_run_is_one_line_and_the_rerun_is_identical(tmp_path, tmp_path_factory,
+                                                                      monkeypatch):  # fmt: skip
     """`deliberate run` on an 8 MiB tmpfs: round 0 and the first 4.7 MB checkpoint fit, a later
     checkpoint (written beside the old one, then renamed) does not. One line, exit 2, the run
     folder intact; with room again the same command finishes with the reference's bytes."""
     monkeypatch.setenv("DELIBERATE_RESERVE_BYTES", "0")  # the pre-check passes on a tiny disk
-    gen = make_generator(_Factory(tmp_path))
+    gen = make_generator(tmp_path_factory)
     ref = tmp_path / "ref"
     assert fork_run(cli_args(ref, gen)) == 0, ref.with_suffix(".err").read_text()
     disk = tmp_path / "disk"
@@ -95,14 +96,3 @@ def test_a_full_disk_during_run_is_one_line_and_the_rerun_is_identical(tmp_path,
     finally:
         subprocess.run(["umount", str(disk)], check=True)
 
-
-class _Factory:
-    """tmp_path_factory's mktemp, inside one test's tmp_path."""
-
-    def __init__(self, root: Path):
-        self.root = root
-
-    def mktemp(self, name: str) -> Path:
-        path = self.root / name
-        path.mkdir()
-        return path
