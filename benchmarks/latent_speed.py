@@ -25,7 +25,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from deliberate.generators.latent import LatentSettings, StableDiffusionBackend
 from deliberate.guidance import EntropyGuidance, GuidanceSettings
-from deliberate.learner import build_learner
+from deliberate.learner import build_learner, guidance_copy
 from deliberate.sampling import SamplerSettings, sample
 
 
@@ -106,6 +106,7 @@ def main() -> None:
     device = backend.device
     learner = build_learner("vit_b_16", len(names), 3, size, input_size=32 if args.tiny else 224)
     learner = learner.to(device).eval().requires_grad_(False)
+    guide = guidance_copy(learner)  # as rounds.guided_batch guides
     labels = torch.arange(args.batch) % len(names)
     guidance = GuidanceSettings(omega=0.05, every=5, until=1.0)
     guided_steps = guidance.guided_steps(args.steps)
@@ -113,7 +114,7 @@ def main() -> None:
     def run(hook):
         def fn(r):
             seeds = list(range(r * args.batch, (r + 1) * args.batch))
-            g = EntropyGuidance(backend, learner, guidance) if hook else None
+            g = EntropyGuidance(backend, guide, guidance) if hook else None
             sample(backend, labels, seeds, SamplerSettings(steps=args.steps, cfg=3.0), guidance=g, guided_steps=guided_steps if hook else ())  # fmt: skip
 
         return fn

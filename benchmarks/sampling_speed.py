@@ -1,19 +1,23 @@
 """Plain vs entropy-guided sampling cost, side by side in one run; prints a table.
 
-Three ways to sample the same seeds, interleaved batch by batch so that they share the
-machine's load: plain (CFG only), guided as the loop samples (`EntropyGuidance.guided_step`: the
-guided step's conditional forward, run with gradients, also gives its CFG output), and guided in
-the two-pass form it replaced (the CFG pass, then a second conditional forward for the gradient).
-Rows: the shipped pixel generator with fmnist/dp.yaml's sampler and guidance (10 DDIM steps,
-λ = 0.5, ω = 0.04 at steps 0, 3, 6) and a tiny Stable Diffusion (benchmarks/latent_speed.py's),
-both guided by the small CNN learner.
+Ways to sample the same seeds, interleaved batch by batch so that they share the machine's
+load: plain (CFG only); guided as the loop samples (`rounds.guided_batch`: the learner's
+`learner.guidance_copy`, with BatchNorm folded and channels_last weights, and
+`EntropyGuidance.guided_step`, whose conditional forward with gradients also gives the CFG
+output); guided in the two-pass form the shared forward replaced (the CFG pass, then a second conditional
+forward for the gradient); and plain and guided as the code sampled before issue 16 (the
+learner as it is, the denoiser's weights contiguous). Rows: the shipped pixel generator with
+fmnist/dp.yaml's sampler and guidance (10 DDIM steps, λ = 0.5, ω = 0.04 at steps 0, 3, 6;
+`--every 3 5` adds other guided-step sets) and a tiny Stable Diffusion
+(benchmarks/latent_speed.py's), both guided by the small CNN learner.
 
-    python benchmarks/sampling_speed.py [--repeats 5] [--threads 1] [--no-sd]
+    python benchmarks/sampling_speed.py [--repeats 5] [--threads 1] [--no-sd] [--every 3 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import string
 import sys
@@ -23,7 +27,7 @@ from pathlib import Path
 import torch
 
 from deliberate.guidance import EntropyGuidance, GuidanceSettings
-from deliberate.learner import build_learner
+from deliberate.learner import build_learner, guidance_copy
 from deliberate.sampling import SamplerSettings, sample
 
 
@@ -37,22 +41,38 @@ class TwoPass:
         return self.hook(*args)
 
 
+def contiguous(backend):
+    """The backend as it sampled before issue 16: its denoiser's weights in the default layout."""
+    old = copy.deepcopy(backend)
+    for m in old.modules():
+        for name, w in list(m.named_parameters(recurse=False)):
+            setattr(m, name, torch.nn.Parameter(w.detach().contiguous(), requires_grad=False))
+    return old
+
+
 def compare(backend, learner, sampler, guidance, batch, repeats):
-    """Median img/s of plain, guided and two-pass guided sampling, interleaved per batch."""
+    """Median img/s of each way of sampling, interleaved per batch so that they share the load.
+
+    plain / guided / two-pass: as the loop samples today (`rounds.guided_batch`: the learner's
+    `guidance_copy`, the backend's own layout). before: the same seeds with the learner as it is
+    and the denoiser's weights contiguous, as the code sampled before issue 16's speed-ups."""
     labels = torch.arange(batch) % backend.num_classes
     steps = guidance.guided_steps(sampler.steps)
+    fast, old = guidance_copy(learner), contiguous(backend)
     modes = {
-        "plain": lambda: None,
-        "guided": lambda: EntropyGuidance(backend, learner, guidance),
-        "guided, two-pass": lambda: TwoPass(EntropyGuidance(backend, learner, guidance)),
+        "plain": (backend, lambda: None),
+        "guided": (backend, lambda: EntropyGuidance(backend, fast, guidance)),
+        "guided, two-pass": (backend, lambda: TwoPass(EntropyGuidance(backend, fast, guidance))),
+        "plain, before": (old, lambda: None),
+        "guided, before": (old, lambda: EntropyGuidance(old, learner, guidance)),
     }
     rates = {m: [] for m in modes}
     for r in range(repeats + 1):  # the first round warms up
         seeds = list(range(r * batch, (r + 1) * batch))
-        for mode, make in modes.items():
+        for mode, (b, make) in modes.items():
             hook = make()
             t0 = time.perf_counter()
-            sample(backend, labels, seeds, sampler, guidance=hook, guided_steps=steps if hook else ())
+            sample(b, labels, seeds, sampler, guidance=hook, guided_steps=steps if hook else ())
             if r:
                 rates[mode].append(batch / (time.perf_counter() - t0))
     return {m: statistics.median(v) for m, v in rates.items()}, steps
@@ -79,6 +99,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--no-sd", action="store_true", help="skip the tiny Stable Diffusion row")
+    ap.add_argument("--every", type=int, nargs="+", default=[3],
+                    help="guidance.every values to measure (3: fmnist/dp.yaml's, steps 0, 3, 6)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -86,20 +108,24 @@ def main() -> int:
 
     backend = load_pixel_backend()
     learner = build_learner("small_resnet", 10, 1, 28).eval().requires_grad_(False)
-    rows = [("pixel (shipped), batch 250", backend, learner, SamplerSettings(steps=10, cfg=0.5),
-             GuidanceSettings(), 250)]  # fmt: skip
+    rows = [(f"pixel (shipped), batch 250, every {e}", backend, learner,
+             SamplerSettings(steps=10, cfg=0.5), GuidanceSettings(every=e), 250)
+            for e in args.every]  # fmt: skip
     if not args.no_sd:
         sd, cnn = tiny_sd()
         rows.append(("tiny SD, 16 px, batch 8", sd, cnn,
                      SamplerSettings(steps=10, cfg=3.0), GuidanceSettings(), 8))  # fmt: skip
     print(f"torch threads: {torch.get_num_threads()}; medians of {args.repeats} interleaved batches")
     print("| generator | guided steps | plain img/s | guided img/s | two-pass img/s | "
-          "guided/plain | two-pass/plain |\n|---|---|---|---|---|---|---|")
+          "guided/plain | two-pass/plain | before: plain, guided img/s | before: guided/plain |"
+          "\n|---|---|---|---|---|---|---|---|---|")
     for name, b, lrn, sampler, guidance, batch in rows:
         med, steps = compare(b, lrn, sampler, guidance, batch, args.repeats)
         p, g, t = med["plain"], med["guided"], med["guided, two-pass"]
+        bp, bg = med["plain, before"], med["guided, before"]
         print(f"| {name} | {steps} of {sampler.steps} | {p:.1f} | {g:.1f} | {t:.1f} | "
-              f"{p / g:.2f}x | {p / t:.2f}x |", flush=True)  # fmt: skip
+              f"{p / g:.2f}x | {p / t:.2f}x | {bp:.1f}, {bg:.1f} | {bp / bg:.2f}x |",
+              flush=True)  # fmt: skip
     return 0
 
 

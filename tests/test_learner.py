@@ -12,6 +12,7 @@ from deliberate.errors import DeliberateError
 from deliberate.learner import (
     build_learner,
     evaluate,
+    guidance_copy,
     predict_entropy,
     predictive_entropy,
     to_float01,
@@ -167,3 +168,76 @@ def test_to_float01_layouts():
     assert to_float01(hwc).shape == (2, 3, 5, 6) and to_float01(hwc).max() == 1.0
     assert to_float01(np.zeros((2, 5, 6), np.uint8)).shape == (2, 1, 5, 6)
     assert to_float01(torch.rand(2, 3, 5, 6)).shape == (2, 3, 5, 6)
+
+
+def _with_running_stats(learner, seed: int = 0):
+    """An eval-mode learner whose BatchNorm layers hold non-trivial running statistics."""
+    g = torch.Generator().manual_seed(seed)
+    for m in learner.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return learner.eval()
+
+
+def _entropy_and_grad(learner, x):
+    x = x.detach().requires_grad_(True)
+    h = learner.entropy(x)
+    (g,) = torch.autograd.grad(h.sum(), x)
+    return h.detach(), g
+
+
+class _Branchy(torch.nn.Module):
+    """A backbone torch.fx cannot trace: Python control flow on a tensor's value."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4)
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        if y.sum() > 0:  # data-dependent: fx raises a TraceError here
+            y = y * 2
+        return self.head(y.mean((2, 3)))
+
+
+@pytest.mark.parametrize("arch,channels", [("small_resnet", 1), ("resnet18", 3)])
+def test_guidance_copy_is_the_same_function_folded(arch, channels):
+    torch.manual_seed(0)
+    size = None if arch == "small_resnet" else 32
+    learner = _with_running_stats(build_learner(arch, 10, channels, 28, input_size=size))
+    copy_ = guidance_copy(learner)
+    x = torch.rand(6, channels, 28, 28)
+    h, g = _entropy_and_grad(learner, x)
+    hc, gc = _entropy_and_grad(copy_, x)
+    torch.testing.assert_close(hc, h, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(gc, g, rtol=1e-3, atol=1e-6 * g.abs().max().item())
+    # Folded: no BatchNorm is left; conv weights channels_last; nothing of it is trainable.
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in copy_.modules())
+    convs = [m for m in copy_.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs
+                         if c.weight.shape[-1] > 1)  # fmt: skip
+    assert not any(p.requires_grad for p in copy_.parameters())
+    # The learner itself is untouched.
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in learner.modules())
+    assert all(p.requires_grad for p in learner.parameters())
+
+
+def test_guidance_copy_keeps_what_it_cannot_fold():
+    from deliberate.learner import Learner
+
+    torch.manual_seed(0)
+    net = Learner(_Branchy(), num_classes=3, in_channels=1, input_size=8, backbone_channels=1,
+                  mean=(0.5,), std=(0.5,))  # fmt: skip
+    x = torch.rand(4, 1, 8, 8)
+    # Untraceable: unfused, still the same function.
+    untraced = guidance_copy(_with_running_stats(net))
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in untraced.modules())
+    torch.testing.assert_close(untraced.entropy(x), net.entropy(x), rtol=1e-5, atol=1e-6)
+    # Training mode: BatchNorm uses the batch's statistics, so it is copied unfused.
+    learner = build_learner("small_resnet", 10, 1, 28).train()
+    trained = guidance_copy(learner)
+    assert trained.training and any(isinstance(m, torch.nn.BatchNorm2d) for m in trained.modules())

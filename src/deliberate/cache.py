@@ -52,7 +52,7 @@ from deliberate.data.pool import Pool
 from deliberate.data.staging import _shard_name
 from deliberate.errors import DeliberateError
 
-FORMAT = 1  # of entry.json and of the key's inputs
+FORMAT = 2  # of entry.json and of the key's inputs; 2: the pixel UNet samples channels_last
 KEY_CHARS = 20  # of the key's hex digest in folder names (entry.json holds all 64)
 ENTRY_LIMIT = 2**24  # bytes of entry.json: ~150 per shard
 RECORD = "round0-cache.json"  # in the run folder: what this run's round 0 took from the cache
@@ -246,7 +246,7 @@ class Round0Cache:
         except ValueError as e:
             raise _Damaged(f"entry.json is unreadable: {_one_line(e)}") from None
         if not isinstance(entry, dict) or entry.get("format") != FORMAT:
-            raise _Damaged("entry.json is not a format-1 entry")
+            raise _Damaged(f"entry.json is not a format-{FORMAT} entry")
         if entry.get("key") != key or entry.get("inputs") != inputs:
             raise _Damaged("entry.json is for another key")
         shards = entry.get("shards")

@@ -32,7 +32,7 @@ from deliberate.errors import DeliberateError
 from deliberate.generate import SampleFn, generate_into_pool
 from deliberate.generators.base import Backend, to_uint8
 from deliberate.guidance import EntropyGuidance, GuidanceSettings, learner_fingerprint
-from deliberate.learner import to_float01
+from deliberate.learner import guidance_copy, to_float01
 from deliberate.sampling import SampleOutput, SamplerSettings, sample
 from deliberate.selection import score_stored
 
@@ -84,13 +84,14 @@ def guided_batch(
     """
     guide = learner is not None and guidance is not None and guidance.omega > 0
     steps = guidance.guided_steps(settings.steps) if guide else ()
+    net = guidance_copy(learner) if guide else None  # folded BatchNorm, channels_last
 
     def sample_fn(labels: torch.Tensor, seeds: list[int]) -> SampleOutput:
         faults.point("generate.batch")
         faults.raise_if_stopped()  # every earlier batch is in the pool: nothing to save
         if on_batch is not None:
             on_batch(seeds)
-        hook = EntropyGuidance(backend, learner, guidance) if guide else None  # this batch's
+        hook = EntropyGuidance(backend, net, guidance) if guide else None  # this batch's
         out = sample(backend, labels, seeds, settings, guidance=hook, guided_steps=steps)
         if not torch.isfinite(out.images).all():
             raise DeliberateError(
