@@ -93,3 +93,16 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_generator, capsys, argv
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and err.startswith("deliberate: error:")
     assert not (tmp_path / "p").exists()  # refused before the pool is created
+
+
+def test_several_overrides_after_one_set_say_how_to_give_them(tmp_path, capsys):
+    argv = ["run", "configs/fmnist/tiny.yaml", "--out", str(tmp_path / "r"), "--set", "threads=1",
+            "seed=2"]  # fmt: skip
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "unrecognized arguments: seed=2" in err
+    assert "its own --set" in err and not (tmp_path / "r").exists()
+    with pytest.raises(SystemExit):  # other strays keep argparse's plain message
+        main(["presets", "--bogus"])
+    assert "its own --set" not in capsys.readouterr().err

@@ -35,7 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `deliberate` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # argparse's own message, with the fix for the commonest slip
+        hint = ""
+        if any("=" in a and not a.startswith("-") for a in extra) and hasattr(args, "set"):
+            hint = "; give each override its own --set, e.g. --set a.b=1 --set c=2"
+        parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     try:
         return int(args.func(args) or 0)
     except DeliberateError as e:
