@@ -25,7 +25,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from deliberate.generators.latent import LatentSettings, StableDiffusionBackend
 from deliberate.guidance import EntropyGuidance, GuidanceSettings
-from deliberate.learner import build_learner, guidance_copy
+from deliberate.learner import build_learner, inference_copy
 from deliberate.sampling import SamplerSettings, sample
 
 
@@ -106,7 +106,7 @@ def main() -> None:
     device = backend.device
     learner = build_learner("vit_b_16", len(names), 3, size, input_size=32 if args.tiny else 224)
     learner = learner.to(device).eval().requires_grad_(False)
-    guide = guidance_copy(learner)  # as rounds.guided_batch guides
+    guide = inference_copy(learner)  # as rounds.guided_batch guides
     labels = torch.arange(args.batch) % len(names)
     guidance = GuidanceSettings(omega=0.05, every=5, until=1.0)
     guided_steps = guidance.guided_steps(args.steps)

@@ -2,7 +2,7 @@
 
 Ways to sample the same seeds, interleaved batch by batch so that they share the machine's
 load: plain (CFG only); guided as the loop samples (`rounds.guided_batch`: the learner's
-`learner.guidance_copy`, with BatchNorm folded and channels_last weights, and
+`learner.inference_copy`, with BatchNorm folded and channels_last weights, and
 `EntropyGuidance.guided_step`, whose conditional forward with gradients also gives the CFG
 output); guided in the two-pass form the shared forward replaced (the CFG pass, then a second conditional
 forward for the gradient); and plain and guided as the code sampled before issue 16 (the
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from deliberate.guidance import EntropyGuidance, GuidanceSettings
-from deliberate.learner import build_learner, guidance_copy
+from deliberate.learner import build_learner, inference_copy
 from deliberate.sampling import SamplerSettings, sample
 
 
@@ -54,11 +54,11 @@ def compare(backend, learner, sampler, guidance, batch, repeats):
     """Median img/s of each way of sampling, interleaved per batch so that they share the load.
 
     plain / guided / two-pass: as the loop samples today (`rounds.guided_batch`: the learner's
-    `guidance_copy`, the backend's own layout). before: the same seeds with the learner as it is
+    `inference_copy`, the backend's own layout). before: the same seeds with the learner as it is
     and the denoiser's weights contiguous, as the code sampled before issue 16's speed-ups."""
     labels = torch.arange(batch) % backend.num_classes
     steps = guidance.guided_steps(sampler.steps)
-    fast, old = guidance_copy(learner), contiguous(backend)
+    fast, old = inference_copy(learner), contiguous(backend)
     modes = {
         "plain": (backend, lambda: None),
         "guided": (backend, lambda: EntropyGuidance(backend, fast, guidance)),

@@ -26,18 +26,21 @@ from tests.helpers import (
 
 # helpers.SMALL on helpers.tiny_backend(seed=1), branch-outs off, practice.oversample=2.5: round
 # 1 keeps 10 of 25 candidates. sha256 of each pool file and of the metrics rows (without
-# seconds), recorded with the in-RAM implementation this replaced (commit 575d46d).
+# seconds), recorded with the in-RAM implementation this replaced (commit 575d46d). Re-recorded
+# when scoring moved to learner.inference_copy: the stored entropies changed by float rounding
+# (round 1's shard `rows`, the manifest, its column file); every shard's ids, images and labels,
+# so the choice itself, were checked equal to the in-RAM implementation's first.
 PINNED = {
     "columns/shard-000000.npz": "1b48f7387c4c28e3fca0a6125274e4000d1d00c6f347bf586bb5d952585ff410",
     "columns/shard-000001.npz": "216c2f77b5519241e331b8f7280aa546e8a4db5e4298a4ce6cf74c4a8bb826dd",
-    "columns/shard-000002.npz": "98b82265431ba813bdc1eab51c37cbf727d5d9004b48d19a8fbc9e2f5ddec060",
-    "manifest.jsonl": "b759551041c7b540e076b32671d7dd1d6ab314f28384dad064c2e0e9e43b45d7",
+    "columns/shard-000002.npz": "0995659da5a7de74f6f8329a625c451929be145649886e5f0db7ed11f8e70b5c",
+    "manifest.jsonl": "6c1ef72f95a73b8ce33da9ce1532f5cd476153d575434f58a072ca4c6fed303b",
     "pool.json": "f69730bfd8f6ee2e1c473062a0f06ff44f1ee5b46a09fe9df57f57be8fae50a3",
     "shards/shard-000000.npz": "f0c0cf880c35e25fbd9f8a1934ee208e90fd8b5e86c2465195f13f4270210878",
     "shards/shard-000001.npz": "e178db8346c6a8b7c4d0a3e650681d99be7cc886b0f405166d26adf8a3304cd6",
-    "shards/shard-000002.npz": "9e6992fe6625783247118f2df6e19b75a5098fc26fa10e7621d896289643c69a",
+    "shards/shard-000002.npz": "c2a51bc591e4bd7dde20e84c52b3a2e49646d3f4efec64bd9c8ab058c78456ce",
 }
-PINNED_METRICS = "e73d7677f3a0225bde0776b5a6a61818f9ba4ad84c047bbb876a05afcb4ee7c2"
+PINNED_METRICS = "cc8c68740e1ad65772993e74d3f90b25e53594b19d1128d13ccca745a4b4a933"
 
 
 @needs_data

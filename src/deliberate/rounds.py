@@ -32,7 +32,7 @@ from deliberate.errors import DeliberateError
 from deliberate.generate import SampleFn, generate_into_pool
 from deliberate.generators.base import Backend, to_uint8
 from deliberate.guidance import EntropyGuidance, GuidanceSettings, learner_fingerprint
-from deliberate.learner import guidance_copy, to_float01
+from deliberate.learner import inference_copy, to_float01
 from deliberate.sampling import SampleOutput, SamplerSettings, sample
 from deliberate.selection import score_stored
 
@@ -84,7 +84,8 @@ def guided_batch(
     """
     guide = learner is not None and guidance is not None and guidance.omega > 0
     steps = guidance.guided_steps(settings.steps) if guide else ()
-    net = guidance_copy(learner) if guide else None  # folded BatchNorm, channels_last
+    # Guides and scores: the learner with BatchNorm folded, channels_last (learner.inference_copy)
+    net = inference_copy(learner) if learner is not None else None
 
     def sample_fn(labels: torch.Tensor, seeds: list[int]) -> SampleOutput:
         faults.point("generate.batch")
@@ -99,7 +100,7 @@ def guided_batch(
                 "this batch was written: check generator.path and its weights"
             )
         if learner is not None:
-            out.extras.update(score_stored(learner, out.images, device, codec))
+            out.extras.update(score_stored(net, out.images, device, codec))
         if learner is not None and guidance is not None:  # a guided request, even at ω = 0
             skipped = hook.skipped_rows if hook is not None else None
             out.extras["guidance_skipped"] = torch.zeros(len(seeds)) if skipped is None else skipped
