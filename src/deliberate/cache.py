@@ -52,7 +52,7 @@ from deliberate.data.pool import Pool
 from deliberate.data.staging import _shard_name
 from deliberate.errors import DeliberateError
 
-FORMAT = 2  # of entry.json and of the key's inputs; 2: the pixel UNet samples channels_last
+FORMAT = 2  # of entry.json and of the key's inputs; 2: since learner.inference_copy scores rounds
 KEY_CHARS = 20  # of the key's hex digest in folder names (entry.json holds all 64)
 ENTRY_LIMIT = 2**24  # bytes of entry.json: ~150 per shard
 RECORD = "round0-cache.json"  # in the run folder: what this run's round 0 took from the cache

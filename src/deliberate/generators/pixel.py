@@ -122,9 +122,7 @@ class PixelBackend(torch.nn.Module):
 
     def __init__(self, unet: UNet2DModel, scheduler_config: dict, meta: dict):
         super().__init__()
-        # channels_last is mkldnn's fast layout for the UNet's convolutions: plain and guided
-        # sampling take about 0.85x the time on CPU (BENCHMARKS.md, "Guided vs plain sampling").
-        self.unet = unet.to(memory_format=torch.channels_last)
+        self.unet = unet
         self.scheduler_config = dict(scheduler_config)
         self.meta = dict(meta)
         self.class_names = tuple(meta["class_names"])
