@@ -5,8 +5,8 @@ load: plain (CFG only); guided as the loop samples (`rounds.guided_batch`: the l
 `learner.inference_copy`, with BatchNorm folded and channels_last weights, and
 `EntropyGuidance.guided_step`, whose conditional forward with gradients also gives the CFG
 output); guided in the two-pass form the shared forward replaced (the CFG pass, then a second conditional
-forward for the gradient); and plain and guided as the code sampled before issue 16 (the
-learner as it is, the denoiser's weights contiguous). Rows: the shipped pixel generator with
+forward for the gradient); and plain and guided as the code sampled before `inference_copy`
+(the learner as it is). Rows: the shipped pixel generator with
 fmnist/dp.yaml's sampler and guidance (10 DDIM steps, λ = 0.5, ω = 0.04 at steps 0, 3, 6;
 `--every 3 5` adds other guided-step sets) and a tiny Stable Diffusion
 (benchmarks/latent_speed.py's), both guided by the small CNN learner.
@@ -17,7 +17,6 @@ fmnist/dp.yaml's sampler and guidance (10 DDIM steps, λ = 0.5, ω = 0.04 at ste
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import string
 import sys
@@ -41,30 +40,21 @@ class TwoPass:
         return self.hook(*args)
 
 
-def contiguous(backend):
-    """The backend as it sampled before issue 16: its denoiser's weights in the default layout."""
-    old = copy.deepcopy(backend)
-    for m in old.modules():
-        for name, w in list(m.named_parameters(recurse=False)):
-            setattr(m, name, torch.nn.Parameter(w.detach().contiguous(), requires_grad=False))
-    return old
-
-
 def compare(backend, learner, sampler, guidance, batch, repeats):
     """Median img/s of each way of sampling, interleaved per batch so that they share the load.
 
     plain / guided / two-pass: as the loop samples today (`rounds.guided_batch`: the learner's
-    `inference_copy`, the backend's own layout). before: the same seeds with the learner as it is
-    and the denoiser's weights contiguous, as the code sampled before issue 16's speed-ups."""
+    `inference_copy`, the backend's own layout). before: the same seeds guided by the learner as it
+    is, as the code sampled before `inference_copy`."""
     labels = torch.arange(batch) % backend.num_classes
     steps = guidance.guided_steps(sampler.steps)
-    fast, old = inference_copy(learner), contiguous(backend)
+    fast = inference_copy(learner)
     modes = {
         "plain": (backend, lambda: None),
         "guided": (backend, lambda: EntropyGuidance(backend, fast, guidance)),
         "guided, two-pass": (backend, lambda: TwoPass(EntropyGuidance(backend, fast, guidance))),
-        "plain, before": (old, lambda: None),
-        "guided, before": (old, lambda: EntropyGuidance(old, learner, guidance)),
+        "plain, before": (backend, lambda: None),
+        "guided, before": (backend, lambda: EntropyGuidance(backend, learner, guidance)),
     }
     rates = {m: [] for m in modes}
     for r in range(repeats + 1):  # the first round warms up
