@@ -14,7 +14,10 @@ accuracy is only read at the chosen budget. Then:
                   DP needs to reach it (DP's curve made monotone, log-linear in pool size);
   (b) iterations: the iterations static needs to reach DP's best accuracy (static's best size
                   per budget, chosen on val, made monotone, log-linear in iterations) against
-                  the iterations of DP's best point: the paper's Table 1 analogue.
+                  the iterations of DP's best point: the paper's Table 1 analogue. When
+                  static never reaches DP's best, the other direction too: the iterations DP
+                  needs (its best size per budget, chosen on val, made monotone) to reach the
+                  best static accuracy, against the iterations of static's best point.
 
 Each ratio is also computed seed by seed (the same chosen budgets), giving its spread.
 """
@@ -123,20 +126,29 @@ def ratios(grid, chosen, seed=None) -> dict:
     dp_n, dp_best = max(curves["DP"], key=lambda p: (p[1], -p[0]))
     dp_its = next(chosen["DP"][n][0] for n in chosen["DP"]
                   if pool("DP", n, chosen["DP"][n][0]) == dp_n)  # fmt: skip
-    # static's accuracy per budget: its best size at that budget (chosen on val), then monotone
-    per_budget = []
-    for its in sorted({b for n in grid["static"] for b in grid["static"][n]}):
-        sizes = [n for n in grid["static"] if its in grid["static"][n]]
-        by_val = {n: statistics.mean(v[0] for v in grid["static"][n][its].values()) for n in sizes}
-        n = max(by_val, key=by_val.get)
-        if (a := test("static", n, its)) is not None:
-            per_budget.append((its, a))
-    static_its = reaching(envelope(per_budget), dp_best) if per_budget else None
+    def per_budget(method):  # its best size at each budget (chosen on val), then monotone
+        out = []
+        for its in sorted({b for n in grid[method] for b in grid[method][n]}):
+            sizes = [n for n in grid[method] if its in grid[method][n]]
+            by_val = {n: statistics.mean(v[0] for v in grid[method][n][its].values())
+                      for n in sizes}  # fmt: skip
+            n = max(by_val, key=by_val.get)
+            if (a := test(method, n, its)) is not None:
+                out.append((its, a))
+        return envelope(out) if out else None
+
+    static_budgets, dp_budgets = per_budget("static"), per_budget("DP")
+    static_its = reaching(static_budgets, dp_best) if static_budgets else None
+    best_static_its = chosen["static"][best_static_n][0]
+    dp_its_to_static = reaching(dp_budgets, best_static) if dp_budgets else None
     return {
         "best_static": (best_static_n, best_static), "dp_images_to_best_static": need,
         "images_ratio": best_static_n / need if need else None,
         "dp_best": (dp_n, dp_its, dp_best), "static_iterations_to_dp_best": static_its,
         "iterations_ratio": static_its / dp_its if static_its else None,
+        "static_best_iterations": best_static_its, "dp_iterations_to_best_static": dp_its_to_static,
+        "iterations_ratio_at_static_best":
+            best_static_its / dp_its_to_static if dp_its_to_static else None,
         "static_curve": static, "dp_curve": dp,
     }  # fmt: skip
 
@@ -211,6 +223,11 @@ def main() -> None:
     else:
         print(f"    static needs {r['static_iterations_to_dp_best']:,.0f} iterations: "
               f"{r['iterations_ratio']:.2f}x DP's. Per seed: {spread('iterations_ratio')}")  # fmt: skip
+    its = r["dp_iterations_to_best_static"]
+    print(f"    At static's best ({100 * a:.2f} %, {r['static_best_iterations']:,} iterations), "
+          + (f"DP needs {its:,.0f} iterations: {r['iterations_ratio_at_static_best']:.2f}x fewer."
+             if its else "DP never reaches it at any budget measured.")
+          + f" Per seed: {spread('iterations_ratio_at_static_best')}")  # fmt: skip
     if args.plot:
         from deliberate.report.compare import plot_headline
 

@@ -47,6 +47,10 @@ def test_both_ratios_from_the_chosen_budgets():
     assert r["images_ratio"] == pytest.approx(8.0)
     # DP's best (0.86 at 10k, 1,000 it) is beyond every static budget: not reached
     assert r["dp_best"] == (10_000, 1000, 0.86) and r["iterations_ratio"] is None
+    # the other direction: DP's best size per budget (10k at both, on val) is 0.86 already at
+    # 1,000 iterations, above static's best (0.84 at 4,000)
+    assert r["static_best_iterations"] == 4000 and r["dp_iterations_to_best_static"] == 1000
+    assert r["iterations_ratio_at_static_best"] == pytest.approx(4.0)
     assert headline.ratios(grid, chosen, seed=1)["images_ratio"] == pytest.approx(8.0)
     rows += [("static", n, 8000, s, v, v) for n, v in ((10_000, 0.81), (40_000, 0.87)) for s in (0, 1)]
     grid = grid_of(rows)
@@ -56,6 +60,10 @@ def test_both_ratios_from_the_chosen_budgets():
     # static reaches DP's 0.86 between 4k (0.84) and 8k (0.87) iterations: 4000 * 2^(2/3)
     assert r["static_iterations_to_dp_best"] == pytest.approx(4000 * 2 ** (2 / 3))
     assert r["iterations_ratio"] == pytest.approx(4 * 2 ** (2 / 3))
+    # DP reaches static's new best (0.87 at 8k) half-way, in log iterations, from 1k (0.86) to 4k (0.88)
+    assert r["static_best_iterations"] == 8000
+    assert r["dp_iterations_to_best_static"] == pytest.approx(2000)
+    assert r["iterations_ratio_at_static_best"] == pytest.approx(4.0)
     # a DP setting whose short budget ended before its last round: the pool at the chosen budget
     rows += [("DP", 40_000, 1000, s, 0.86, 0.86, 32_000) for s in (0, 1)]
     rows += [("DP", 40_000, 4000, s, 0.90, 0.88) for s in (0, 1)]
