@@ -1,7 +1,8 @@
 """Plain vs entropy-guided sampling cost, side by side in one run; prints a table.
 
 Ways to sample the same seeds, interleaved batch by batch so that they share the machine's
-load: plain (CFG only); guided as the loop samples (`rounds.guided_batch`: the learner's
+load, in an order that rotates each repeat so that no way always runs first; each ratio is the
+median over repeats of the ratio within one repeat: plain (CFG only); guided as the loop samples (`rounds.guided_batch`: the learner's
 `learner.inference_copy`, with BatchNorm folded and channels_last weights, and
 `EntropyGuidance.guided_step`, whose conditional forward with gradients also gives the CFG
 output); guided in the two-pass form the shared forward replaced (the CFG pass, then a second conditional
@@ -57,15 +58,22 @@ def compare(backend, learner, sampler, guidance, batch, repeats):
         "guided, before": (backend, lambda: EntropyGuidance(backend, learner, guidance)),
     }
     rates = {m: [] for m in modes}
+    order = list(modes)
     for r in range(repeats + 1):  # the first round warms up
         seeds = list(range(r * batch, (r + 1) * batch))
-        for mode, (b, make) in modes.items():
+        for mode in order[r % len(order):] + order[: r % len(order)]:  # no mode always first
+            b, make = modes[mode]
             hook = make()
             t0 = time.perf_counter()
             sample(b, labels, seeds, sampler, guidance=hook, guided_steps=steps if hook else ())
             if r:
                 rates[mode].append(batch / (time.perf_counter() - t0))
-    return {m: statistics.median(v) for m, v in rates.items()}, steps
+    med = {m: statistics.median(v) for m, v in rates.items()}
+    # Ratios from the same repeat's pair (the same seeds, seconds apart), then their median.
+    pairs = (("plain", "guided"), ("plain", "guided, two-pass"), ("plain, before", "guided, before"))
+    for a, b in pairs:
+        med[f"{a} / {b}"] = statistics.median(x / y for x, y in zip(rates[a], rates[b], strict=True))
+    return med, steps
 
 
 def tiny_sd():
@@ -113,8 +121,10 @@ def main() -> int:
         med, steps = compare(b, lrn, sampler, guidance, batch, args.repeats)
         p, g, t = med["plain"], med["guided"], med["guided, two-pass"]
         bp, bg = med["plain, before"], med["guided, before"]
+        gp, tp = med["plain / guided"], med["plain / guided, two-pass"]
+        bgp = med["plain, before / guided, before"]
         print(f"| {name} | {steps} of {sampler.steps} | {p:.1f} | {g:.1f} | {t:.1f} | "
-              f"{p / g:.2f}x | {p / t:.2f}x | {bp:.1f}, {bg:.1f} | {bp / bg:.2f}x |",
+              f"{gp:.2f}x | {tp:.2f}x | {bp:.1f}, {bg:.1f} | {bgp:.2f}x |",
               flush=True)  # fmt: skip
     return 0
 
