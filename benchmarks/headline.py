@@ -14,10 +14,10 @@ accuracy is only read at the chosen budget. Then:
                   DP needs to reach it (DP's curve made monotone, log-linear in pool size);
   (b) iterations: the iterations static needs to reach DP's best accuracy (static's best size
                   per budget, chosen on val, made monotone, log-linear in iterations) against
-                  the iterations of DP's best point: the paper's Table 1 analogue. When
-                  static never reaches DP's best, the other direction too: the iterations DP
-                  needs (its best size per budget, chosen on val, made monotone) to reach the
-                  best static accuracy, against the iterations of static's best point.
+                  the iterations of DP's best point: the paper's Table 1 analogue;
+  (b')            and the other direction, defined whenever DP reaches static's best: the
+                  iterations DP needs (its best size per budget, chosen on val, made monotone)
+                  to reach the best static accuracy, against the iterations of static's best.
 
 Each ratio is also computed seed by seed (the same chosen budgets), giving its spread.
 """

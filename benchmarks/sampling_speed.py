@@ -1,9 +1,9 @@
 """Plain vs entropy-guided sampling cost, side by side in one run; prints a table.
 
 Ways to sample the same seeds, interleaved batch by batch so that they share the machine's
-load, in an order that rotates each repeat so that no way always runs first; each ratio is the
-median over repeats of the ratio within one repeat: plain (CFG only); guided as the loop samples (`rounds.guided_batch`: the learner's
-`learner.inference_copy`, with BatchNorm folded and channels_last weights, and
+load, in an order that rotates each repeat so that no way always runs first (each ratio is the
+median over repeats of the ratio within one repeat): plain (CFG only); guided as the loop
+samples (`rounds.guided_batch`: the learner's `learner.inference_copy`, with BatchNorm folded and channels_last weights, and
 `EntropyGuidance.guided_step`, whose conditional forward with gradients also gives the CFG
 output); guided in the two-pass form the shared forward replaced (the CFG pass, then a second conditional
 forward for the gradient); and plain and guided as the code sampled before `inference_copy`
