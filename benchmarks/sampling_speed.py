@@ -45,27 +45,26 @@ def compare(backend, learner, sampler, guidance, batch, repeats):
     """Median img/s of each way of sampling, interleaved per batch so that they share the load.
 
     plain / guided / two-pass: as the loop samples today (`rounds.guided_batch`: the learner's
-    `inference_copy`, the backend's own layout). before: the same seeds guided by the learner as it
-    is, as the code sampled before `inference_copy`."""
+    `inference_copy`). before: the same seeds guided by the learner as it is, as the code sampled
+    before `inference_copy`; "plain, before" is plain's code again, a control for the noise."""
     labels = torch.arange(batch) % backend.num_classes
     steps = guidance.guided_steps(sampler.steps)
     fast = inference_copy(learner)
-    modes = {
-        "plain": (backend, lambda: None),
-        "guided": (backend, lambda: EntropyGuidance(backend, fast, guidance)),
-        "guided, two-pass": (backend, lambda: TwoPass(EntropyGuidance(backend, fast, guidance))),
-        "plain, before": (backend, lambda: None),
-        "guided, before": (backend, lambda: EntropyGuidance(backend, learner, guidance)),
+    modes = {  # each way's guidance hook, made afresh per batch
+        "plain": lambda: None,
+        "guided": lambda: EntropyGuidance(backend, fast, guidance),
+        "guided, two-pass": lambda: TwoPass(EntropyGuidance(backend, fast, guidance)),
+        "plain, before": lambda: None,
+        "guided, before": lambda: EntropyGuidance(backend, learner, guidance),
     }
     rates = {m: [] for m in modes}
     order = list(modes)
     for r in range(repeats + 1):  # the first round warms up
         seeds = list(range(r * batch, (r + 1) * batch))
         for mode in order[r % len(order):] + order[: r % len(order)]:  # no mode always first
-            b, make = modes[mode]
-            hook = make()
+            hook = modes[mode]()
             t0 = time.perf_counter()
-            sample(b, labels, seeds, sampler, guidance=hook, guided_steps=steps if hook else ())
+            sample(backend, labels, seeds, sampler, guidance=hook, guided_steps=steps if hook else ())
             if r:
                 rates[mode].append(batch / (time.perf_counter() - t0))
     med = {m: statistics.median(v) for m, v in rates.items()}
