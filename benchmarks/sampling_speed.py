@@ -18,6 +18,7 @@ fmnist/dp.yaml's sampler and guidance (10 DDIM steps, λ = 0.5, ω = 0.04 at ste
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import string
 import sys
@@ -26,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-from deliberate.guidance import EntropyGuidance, GuidanceSettings
+from deliberate.guidance import EntropyGuidance, GuidanceSettings, criterion_value
 from deliberate.learner import build_learner, inference_copy
-from deliberate.sampling import SamplerSettings, sample
+from deliberate.sampling import SamplerSettings, make_scheduler, predict_x0, sample
 
 
 class TwoPass:
@@ -50,10 +51,12 @@ def compare(backend, learner, sampler, guidance, batch, repeats):
     labels = torch.arange(batch) % backend.num_classes
     steps = guidance.guided_steps(sampler.steps)
     fast = inference_copy(learner)
+    bf16 = dataclasses.replace(guidance, precision="bf16")
     modes = {  # each way's guidance hook, made afresh per batch
         "plain": lambda: None,
         "guided": lambda: EntropyGuidance(backend, fast, guidance),
         "guided, two-pass": lambda: TwoPass(EntropyGuidance(backend, fast, guidance)),
+        "guided, bf16": lambda: EntropyGuidance(backend, fast, bf16),
         "plain, before": lambda: None,
         "guided, before": lambda: EntropyGuidance(backend, learner, guidance),
     }
@@ -69,10 +72,62 @@ def compare(backend, learner, sampler, guidance, batch, repeats):
                 rates[mode].append(batch / (time.perf_counter() - t0))
     med = {m: statistics.median(v) for m, v in rates.items()}
     # Ratios from the same repeat's pair (the same seeds, seconds apart), then their median.
-    pairs = (("plain", "guided"), ("plain", "guided, two-pass"), ("plain, before", "guided, before"))
+    pairs = (("plain", "guided"), ("plain", "guided, two-pass"), ("plain", "guided, bf16"),
+             ("plain, before", "guided, before"))
     for a, b in pairs:
         med[f"{a} / {b}"] = statistics.median(x / y for x, y in zip(rates[a], rates[b], strict=True))
     return med, steps
+
+
+def breakdown(backend, learner, batch, repeats):
+    """Milliseconds of the parts of one guided step against one plain step, at timestep 500:
+    where a guided step's extra cost goes. A markdown table."""
+    fast = inference_copy(learner)
+    sched = make_scheduler(backend, "ddim", 10)
+    x = torch.randn(batch, *backend.latent_shape, generator=torch.Generator().manual_seed(0))
+    t, c = torch.full((batch,), 500), torch.arange(batch) % backend.num_classes
+    cond, null = backend.cond(c), backend.null_cond(batch)
+
+    def plain():
+        with torch.no_grad():
+            backend.model_output(torch.cat([x, x]), torch.cat([t, t]), backend.concat_cond(cond, null))
+
+    def uncond():
+        with torch.no_grad():
+            backend.model_output(x, t, null)
+
+    def denoiser():  # the conditional forward with gradients, and its backward to x_t
+        xx = x.detach().requires_grad_(True)
+        torch.autograd.grad(predict_x0(sched, backend.model_output(xx, t, cond), xx, t).sum(), xx)
+
+    def learner_part(dtype):
+        xx = x.detach().requires_grad_(True)
+        with torch.autocast("cpu", torch.bfloat16, enabled=dtype == "bf16"):
+            logits = fast(backend.decode(xx))
+        torch.autograd.grad(criterion_value(logits, c, "entropy").sum(), xx)
+
+    def step(precision):
+        hook = EntropyGuidance(backend, fast, GuidanceSettings(precision=precision))
+        hook.guided_step(x, x, t, cond, null, 0.5, sched, c)
+
+    parts = {"plain step (one CFG forward, 2B)": plain,
+             "guided step, fp32 learner": lambda: step("fp32"),
+             "guided step, bf16 learner": lambda: step("bf16"),
+             "  conditional forward + backward to x_t": denoiser,
+             "  unconditional forward (B)": uncond,
+             "  learner forward + backward, fp32": lambda: learner_part("fp32"),
+             "  learner forward + backward, bf16": lambda: learner_part("bf16")}  # fmt: skip
+    times = {k: [] for k in parts}
+    for r in range(repeats + 1):  # the first round warms up; interleaved like compare()
+        for name, fn in parts.items():
+            t0 = time.perf_counter()
+            fn()
+            if r:
+                times[name].append(1000 * (time.perf_counter() - t0))
+    lines = [f"\nOne step of the pixel row, batch {batch} (median ms of {repeats}):",
+             "| part | ms |", "|---|---|"]  # fmt: skip
+    lines += [f"| {k} | {statistics.median(v):.0f} |" for k, v in times.items()]
+    return "\n".join(lines)
 
 
 def tiny_sd():
@@ -98,6 +153,8 @@ def main() -> int:
     ap.add_argument("--no-sd", action="store_true", help="skip the tiny Stable Diffusion row")
     ap.add_argument("--every", type=int, nargs="+", default=[3],
                     help="guidance.every values to measure (3: fmnist/dp.yaml's, steps 0, 3, 6)")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also time the parts of one guided step of the pixel row (ms)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -114,17 +171,21 @@ def main() -> int:
                      SamplerSettings(steps=10, cfg=3.0), GuidanceSettings(), 8))  # fmt: skip
     print(f"torch threads: {torch.get_num_threads()}; medians of {args.repeats} interleaved batches")
     print("| generator | guided steps | plain img/s | guided img/s | two-pass img/s | "
-          "guided/plain | two-pass/plain | before: plain, guided img/s | before: guided/plain |"
-          "\n|---|---|---|---|---|---|---|---|---|")
+          "bf16 learner img/s | guided/plain | two-pass/plain | bf16/plain | "
+          "before: plain, guided img/s | before: guided/plain |"
+          "\n|---|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
     for name, b, lrn, sampler, guidance, batch in rows:
         med, steps = compare(b, lrn, sampler, guidance, batch, args.repeats)
-        p, g, t = med["plain"], med["guided"], med["guided, two-pass"]
+        rates = " | ".join(f"{med[m]:.1f}" for m in ("plain", "guided", "guided, two-pass",
+                                                     "guided, bf16"))  # fmt: skip
+        ratios = " | ".join(f"{med['plain / ' + m]:.2f}x" for m in ("guided", "guided, two-pass",
+                                                                     "guided, bf16"))  # fmt: skip
         bp, bg = med["plain, before"], med["guided, before"]
-        gp, tp = med["plain / guided"], med["plain / guided, two-pass"]
         bgp = med["plain, before / guided, before"]
-        print(f"| {name} | {steps} of {sampler.steps} | {p:.1f} | {g:.1f} | {t:.1f} | "
-              f"{gp:.2f}x | {tp:.2f}x | {bp:.1f}, {bg:.1f} | {bgp:.2f}x |",
-              flush=True)  # fmt: skip
+        print(f"| {name} | {steps} of {sampler.steps} | {rates} | {ratios} | {bp:.1f}, {bg:.1f} | "
+              f"{bgp:.2f}x |", flush=True)  # fmt: skip
+    if args.breakdown:
+        print(breakdown(backend, learner, 250, args.repeats))
     return 0
 
 

@@ -108,7 +108,7 @@ def test_guided_steps_and_validation():
     assert GuidanceSettings(omega=0.05, every=5, until=1.0).guided_steps(30) == [0, 5, 10, 15, 20, 25]
     assert GuidanceSettings(omega=0.0).guided_steps(10) == []
     for bad in (dict(omega=-1.0), dict(omega=math.nan), dict(mode="x"), dict(criterion="x"),
-                dict(every=0), dict(until=0.0)):
+                dict(every=0), dict(until=0.0), dict(precision="fp16")):
         with pytest.raises(DeliberateError):
             check_fields(GuidanceSettings(**bad))  # from_dict runs the same checks on load
 
@@ -159,3 +159,24 @@ def test_the_shared_forward_guides_as_the_two_pass_form(models, cfg, mode):
     torch.testing.assert_close(outs[0].images, outs[1].images, rtol=0, atol=1e-5)
     per_step = 6 * (2 if cfg else 1)
     assert forwards == [per_step * sampler.steps, per_step * sampler.steps + 6 * len(steps)]
+
+
+def test_bf16_guidance_keeps_the_gradients_direction_and_is_deterministic():
+    """precision bf16: the learner's part in bf16 changes the gradient's bits, not its direction
+    (what the relative step uses), and two runs give the same images."""
+    backend = tiny_backend()
+    learner = build_learner("small_resnet", 10, 1, 28).eval().requires_grad_(False)
+    sched = make_scheduler(backend, "ddim", 10)
+    labels = torch.arange(8) % 10
+    x = torch.randn(8, *backend.latent_shape, generator=torch.Generator().manual_seed(3))
+    t, cond = sched.timesteps[3].expand(8), backend.cond(labels)
+    grads = {p: EntropyGuidance(backend, learner, GuidanceSettings(precision=p))
+             .gradient(x, t, cond, labels, sched) for p in ("fp32", "bf16")}  # fmt: skip
+    assert not torch.equal(grads["fp32"], grads["bf16"])  # the setting is applied
+    cos = torch.nn.functional.cosine_similarity(grads["fp32"].flatten(1), grads["bf16"].flatten(1))
+    assert cos.min() > 0.95, cos
+    settings, sampler = GuidanceSettings(precision="bf16", every=1), SamplerSettings(steps=4)
+    images = [sample(backend, labels, list(range(8)), sampler,
+                     guidance=EntropyGuidance(backend, learner, settings),
+                     guided_steps=settings.guided_steps(4)).images for _ in range(2)]  # fmt: skip
+    assert torch.equal(images[0], images[1])
