@@ -15,6 +15,7 @@ from deliberate.guidance import (
     GuidanceSettings,
     criterion_value,
     learner_fingerprint,
+    resolve_precision,
 )
 from deliberate.guide import load_guide
 from deliberate.learner import build_learner
@@ -180,3 +181,13 @@ def test_bf16_guidance_keeps_the_gradients_direction_and_is_deterministic():
                      guidance=EntropyGuidance(backend, learner, settings),
                      guided_steps=settings.guided_steps(4)).images for _ in range(2)]  # fmt: skip
     assert torch.equal(images[0], images[1])
+
+
+def test_auto_precision_resolves_per_device_and_only_to_a_fast_one():
+    assert [resolve_precision(p, "cpu") for p in ("fp32", "bf16")] == ["fp32", "bf16"]
+    assert resolve_precision("auto", "meta") == "fp32"  # nothing known to be fast: fp32
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert resolve_precision("auto", "cpu") == ("bf16" if native else "fp32")
+    hook = EntropyGuidance(tiny_backend(), LinearLearner((1, 28, 28), 10),
+                           GuidanceSettings(precision="auto"))  # fmt: skip
+    assert hook.precision == resolve_precision("auto", "cpu")

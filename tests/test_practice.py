@@ -90,6 +90,7 @@ def test_tiny_run_end_to_end(tiny_run):
     assert rows[-1]["denoiser_evals"] == 100 * 5 * 2 + 2 * 50 * 5 * 2
     assert rows[-1]["guidance_backward"] == 2 * 50 * 2  # 2 guided steps of 5 (every 2, 80 %)
     assert rows[-1]["learner_images"] == 150 * 32
+    assert summary["guidance_precision"] == "fp32"  # tiny.yaml's, the default
     for name in ("curves.png", "entropy.png", "plain-vs-guided-round-1.png", "report.md",
                  *(f"samples-round-{k}.png" for k in range(3))):  # fmt: skip
         assert (out / "report" / name).stat().st_size > 0, name
@@ -230,7 +231,8 @@ def test_presets_load_and_static_matches_the_dp_budget():
     dp = load_config(PracticeConfig, CONFIGS / "dp.yaml")
     static = load_config(PracticeConfig, CONFIGS / "static.yaml")
     tiny = load_config(PracticeConfig, CONFIGS / "tiny.yaml")
-    assert dp.guidance == GuidanceSettings() and tiny.practice.per_round > 0  # generate --learner
+    # generate --learner guides as a DP round does
+    assert dp.guidance == GuidanceSettings(precision="auto") and tiny.practice.per_round > 0
     assert static.practice.per_round == 0 and static.guidance.omega == 0
     assert static.practice.initial == static.practice.max_images == dp.practice.max_images
     assert static.learner == dp.learner and static.generator == dp.generator

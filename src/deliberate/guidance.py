@@ -14,10 +14,11 @@ normalisations:
 * ``classifier``: the classifier-guidance form on the noise prediction,
   ε ← ε − √(1−ᾱ_t) · ω · ∇H (Dhariwal & Nichol), i.e. score + ω∇H as in Algorithm 1, line 13.
 
-``precision: bf16`` runs the learner's part of the gradient under bf16 autocast: the largest
-cost of a guided step after the denoiser's backward (BENCHMARKS.md, "Guided vs plain
-sampling"), for a gradient whose direction, the only thing the relative form uses, agrees with
-fp32's to a cosine of about 0.99.
+``precision: bf16`` runs the learner's part of the gradient under bf16 autocast: half of what a
+guided step costs beyond a plain one (BENCHMARKS.md, "Guided vs plain sampling"), for a
+gradient whose direction, the only thing the relative form uses, agrees with fp32's to a
+cosine of about 0.99. ``auto`` (the Fashion-MNIST DP preset's) takes bf16 only on hardware
+with bf16 arithmetic; the resolved choice is in the run's summary (`guidance_precision`).
 
 Criteria: ``entropy`` (default), ``cross_entropy`` to the target class (raising it makes the
 image less typical of its label), ``margin`` (minus the gap between the two largest logits).
@@ -41,7 +42,7 @@ if TYPE_CHECKING:  # the contract, for annotations only: no import cycle at run 
 
 CRITERIA = ("entropy", "cross_entropy", "margin")
 MODES = ("relative", "classifier")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,9 @@ class GuidanceSettings:
         True, "backprop through the denoiser (else treat dx̂0/dx_t as the identity)"
     )
     precision: str = field(
-        "fp32", "the learner's forward/backward inside guidance: fp32, or bf16 autocast (the "
-        "denoiser and the criterion stay fp32; about 0.55x the learner's time on this CPU)",
+        "fp32", "the learner's forward/backward inside guidance: fp32; bf16 autocast (the "
+        "denoiser and the criterion stay fp32); auto: bf16 where the device has bf16 arithmetic "
+        "(avx512_bf16 / AMX CPUs, bf16 GPUs), else fp32",
         choices=PRECISIONS,
     )  # fmt: skip
 
@@ -72,6 +74,22 @@ class GuidanceSettings:
             return []
         last = max(1, round(self.until * steps))
         return list(range(0, last, self.every))
+
+
+def resolve_precision(precision: str, device) -> str:
+    """`precision` with `auto` resolved for `device`: bf16 only where it is fast.
+
+    Without bf16 instructions, bf16 autocast on a CPU is emulated and far slower than fp32
+    (2.3x with AVX-512 alone, 19x with AVX2, measured for the small CNN: BENCHMARKS.md).
+    """
+    if precision != "auto":
+        return precision
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own probes
+    fast = kind == "cpu" and any(getattr(torch.cpu, p, lambda: False)() for p in probes)
+    return "bf16" if fast else "fp32"
 
 
 def criterion_value(logits: torch.Tensor, labels: torch.Tensor, criterion: str) -> torch.Tensor:
@@ -104,6 +122,7 @@ class EntropyGuidance:
     def __init__(self, backend: Backend, learner: torch.nn.Module, settings: GuidanceSettings):
         check_fields(settings)
         self.backend, self.learner, self.settings = backend, learner, settings
+        self.precision = resolve_precision(settings.precision, backend.device)  # fp32 or bf16
         self.skipped, self.skipped_rows = 0, None
         self.backward_passes, self.seconds = 0, 0.0
 
@@ -123,7 +142,7 @@ class EntropyGuidance:
     def _gradient_of(self, x, x0, labels) -> torch.Tensor:
         """∂criterion(learner(decode(x0)))/∂x, non-finite rows zeroed and counted."""
         image = self.backend.decode(x0)
-        bf16 = self.settings.precision == "bf16"  # only the learner: its logits come back bf16
+        bf16 = self.precision == "bf16"  # only the learner: its logits come back bf16
         with torch.autocast(image.device.type, torch.bfloat16, enabled=bf16):
             logits = self.learner(image)
         value = criterion_value(logits, labels, self.settings.criterion)  # in fp32

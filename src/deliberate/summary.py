@@ -18,6 +18,7 @@ from deliberate import accounting
 from deliberate.cache import round0_summary
 from deliberate.data.files import atomic_file, check_regular, read_inside
 from deliberate.data.shifted import evaluate_shifted
+from deliberate.guidance import resolve_precision
 from deliberate.learner import predict
 
 SUMMARY = "summary.json"
@@ -103,6 +104,8 @@ def finish_summary(
     summary["generation_compute"] = accounting.generation_compute(
         summary, summary["learner_cost"], through
     )
+    if cfg.guidance.omega > 0:  # what `auto` resolved to here (a run resumed elsewhere may mix)
+        summary["guidance_precision"] = resolve_precision(cfg.guidance.precision, backend.device)
     return write_summary(root, summary)
 
 

@@ -93,7 +93,8 @@ def cmd_generate(args) -> int:
     store.check_shape(meta["image_shape"])
     learner, guidance, extra = None, None, {"round": 0, "omega": 0.0}
     if args.learner is not None or args.guide is not None:  # entropy guidance (paper §3)
-        guidance = GuidanceSettings()  # the default ω, unless --omega says otherwise
+        # fmnist/dp.yaml's guidance: the default ω (unless --omega), bf16 where it is fast
+        guidance = GuidanceSettings(precision="auto")
         guidance = dataclasses.replace(
             guidance,
             omega=guidance.omega if args.omega is None else args.omega,

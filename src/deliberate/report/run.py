@@ -148,8 +148,11 @@ def write_practice_report(
                 f"{pct(b['val_acc'])} | {pct(b['test_acc'])} |"
             )
     prefixes = ("denoiser", "guidance", "sec", "images_", "learner_", "generation")
-    compute = {k: v for k, v in summary.items() if k.startswith(prefixes)}
+    compute = {k: v for k, v in summary.items()
+               if k.startswith(prefixes) and isinstance(v, (int, float))}  # fmt: skip
     lines += ["", "Compute: " + ", ".join(f"{k} {v:.4g}" for k, v in compute.items()), ""]
+    if "guidance_precision" in summary:
+        lines += [f"Guidance: the learner's part in {summary['guidance_precision']}.", ""]
     with atomic_file(out / "report.md") as f:
         f.write("\n".join(lines).encode())
     return out
