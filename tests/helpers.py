@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import platform
 import shutil
 import string
 import sys
@@ -31,6 +32,16 @@ from deliberate.errors import DeliberateError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "fmnist"
 TIMING_KEYS = ("seconds_generate", "seconds_guidance", "seconds_train", "seconds_eval")
+
+
+def machine() -> str:
+    """What float results depend on besides the code, for pins to key on: the CPU model, torch's
+    vector ISA and torch's version (oneDNN picks kernels and blockings by CPU)."""
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.is_file() else []
+    model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")),
+                 platform.processor() or platform.machine())  # fmt: skip
+    return f"{model} | {torch.backends.cpu.get_cpu_capability()} | torch {torch.__version__}"
 
 
 def has_data() -> bool:

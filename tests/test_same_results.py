@@ -16,19 +16,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from deliberate.cli import main
 from deliberate.data.export import export_npz
 from deliberate.data.pool import Pool
-from tests.helpers import needs_data
+from tests.helpers import machine, needs_data
 
 REFERENCE = Path(__file__).parent / "data" / "same-results.json"
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "fmnist" / "tiny.yaml"
@@ -39,15 +37,6 @@ def pool_hashes(pool_dir: Path, out: Path) -> dict:
     with np.load(out, allow_pickle=False) as z:
         return {k: hashlib.sha256(np.ascontiguousarray(z[k]).tobytes()).hexdigest()
                 for k in ("images", "labels")}  # fmt: skip
-
-
-def machine() -> str:
-    """What the floats depend on besides the code: CPU model, torch's vector ISA, torch version."""
-    info = Path("/proc/cpuinfo")
-    lines = info.read_text().splitlines() if info.is_file() else []
-    model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")),
-                 platform.processor() or platform.machine())  # fmt: skip
-    return f"{model} | {torch.backends.cpu.get_cpu_capability()} | torch {torch.__version__}"
 
 
 def measure(tmp: Path) -> dict:
