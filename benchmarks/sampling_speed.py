@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from deliberate.guidance import EntropyGuidance, GuidanceSettings, criterion_value
+from deliberate.guidance import EntropyGuidance, GuidanceSettings
 from deliberate.learner import build_learner, inference_copy
 from deliberate.sampling import SamplerSettings, make_scheduler, predict_x0, sample
 
@@ -100,15 +100,15 @@ def breakdown(backend, learner, batch, repeats):
         xx = x.detach().requires_grad_(True)
         torch.autograd.grad(predict_x0(sched, backend.model_output(xx, t, cond), xx, t).sum(), xx)
 
-    def learner_part(dtype):
+    def hook(precision):
+        return EntropyGuidance(backend, fast, GuidanceSettings(precision=precision))
+
+    def learner_part(precision):  # the hook's own learner part, on x as x̂0
         xx = x.detach().requires_grad_(True)
-        with torch.autocast("cpu", torch.bfloat16, enabled=dtype == "bf16"):
-            logits = fast(backend.decode(xx))
-        torch.autograd.grad(criterion_value(logits, c, "entropy").sum(), xx)
+        hook(precision)._gradient_of(xx, xx, c)
 
     def step(precision):
-        hook = EntropyGuidance(backend, fast, GuidanceSettings(precision=precision))
-        hook.guided_step(x, x, t, cond, null, 0.5, sched, c)
+        hook(precision).guided_step(x, x, t, cond, null, 0.5, sched, c)
 
     parts = {"plain step (one CFG forward, 2B)": plain,
              "guided step, fp32 learner": lambda: step("fp32"),
