@@ -20,6 +20,17 @@ PLOTS = ("scaling.png", "compute.png", "omega.png", "curves.png", "hardness.png"
          "hardness-stages.png", "shifted.png")  # fmt: skip
 
 
+def bench(name):
+    """A script of benchmarks/ as a module."""
+    import importlib.util
+
+    path = CONFIGS.parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def tiny_sets(gen_path):
     return [f"--set={s}" for s in [*TINY_RUN, f"generator.path={gen_path}"]]
 
@@ -118,14 +129,33 @@ def test_sweep_runs_resumes_and_reports(tmp_path, generator, capsys):
     assert all(0 <= q[k] <= 1 for k in ("precision", "recall", "coverage")) and q["density"] >= 0
     assert main(["report", str(tmp_path / "nothing"), "--out", str(report)]) == 2
 
+    # The runs' small records, archived (benchmarks/archive_runs.py), give the same tables
+    # without their pools: what BENCHMARKS.md's numbers are recomputed from on another machine.
+    archive = bench("archive_runs")
+    kept = tmp_path / "kept"
+    assert archive.main([str(out), "--into", str(kept)]) == 0
+    assert sorted(f.name for f in (kept / "omega0.02-s0").iterdir()) == sorted(archive.FILES)
+    assert not list(kept.rglob("*.npz")) and main(["report", *map(str, kept.iterdir()), "--out",
+                                                   str(tmp_path / "r2")]) == 0  # fmt: skip
+    md2 = (tmp_path / "r2" / "report.md").read_text()
+    for section in ("## Pool quality", "| DP ω=0.02, fixed T=1 | 1 |"):
+        assert md.split(section)[1][:600] == md2.split(section)[1][:600]
+    (kept / "omega0.02-s0" / "summary.json").write_text("{}")  # another run under that name
+    assert archive.main([str(out), "--into", str(kept)]) == 2  # refused, nothing overwritten
+    assert (kept / "omega0.02-s0" / "summary.json").read_text() == "{}"
 
-@pytest.mark.parametrize("name", ["demo", "scaling", "omega", "prune", "ablations"])
+
+SWEEPS = sorted(p.stem for p in CONFIGS.glob("*.yaml") if re.search(r"^kind:", p.read_text(), re.M))
+
+
+@pytest.mark.parametrize("name", SWEEPS)
 def test_shipped_sweeps_expand_to_valid_configs(name, tmp_path):
     from deliberate.config import load_config
     from deliberate.sweep import kind_runner
 
+    assert {"demo", "scaling", "omega", "prune", "ablations", "fair-dp-mid"} <= set(SWEEPS)
     points = expand(load_spec(CONFIGS / f"{name}.yaml"), tmp_path)
-    assert len(points) >= 3 and len({p.folder for p in points}) == len(points)
+    assert points and len({p.folder for p in points}) == len(points)
     for p in points:
         cfg = load_config(kind_runner(p.kind)[0], p.base, p.overrides)  # validates every point
         if name == "demo" and p.name == "static":

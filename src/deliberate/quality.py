@@ -186,7 +186,8 @@ def _learner_accuracy(root: Path, pool, split) -> dict:
 
 
 def attach_quality(runs: list[dict], *, progress: bool = False) -> str | None:
-    """Add `run["quality"]` to every Fashion-MNIST-shaped run (cached in its quality.json).
+    """Add `run["quality"]` to every Fashion-MNIST-shaped run (cached in its quality.json; a
+    run folder without its pool, as benchmarks/archive_runs.py keeps one, gives its cache).
 
     Returns None, or one line saying why no run could be measured (no judge, no data).
     """
@@ -196,7 +197,10 @@ def attach_quality(runs: list[dict], *, progress: bool = False) -> str | None:
     fits = []
     for run in runs:
         pool_dir = Path(run["dir"]) / "pool"
-        if run.get("kind") == "practice" and (pool_dir / "pool.json").exists():
+        cache = Path(run["dir"]) / "quality.json"
+        if not pool_dir.exists() and cache.exists():  # an archived run (benchmarks/archive_runs.py)
+            run["quality"] = json.loads(cache.read_text())
+        elif run.get("kind") == "practice" and (pool_dir / "pool.json").exists():
             pool = Pool(pool_dir)
             if pool.num_classes == 10 and tuple(pool.image_shape) == (28, 28):
                 fits.append(run)
