@@ -54,6 +54,7 @@ def points(run: dict) -> list[tuple[int, int, float, float, int]]:
 def collect(folders) -> dict:
     """{method: {setting: {iterations: {seed: (val, test, pool)}}}}."""
     grid = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
+    source = {}  # (method, setting, iterations, seed): the run folder that gave it
     for folder in expand_dirs(folders):
         try:
             run = load_run(folder)
@@ -63,7 +64,12 @@ def collect(folders) -> dict:
         if run["kind"] != "practice" or run["method"] not in ("static", "DP"):
             continue
         for size, its, val, test, pool in points(run):
-            grid[run["method"]][size][its][run["seed"]] = (val, test, pool)
+            key, cell = (run["method"], size, its, run["seed"]), grid[run["method"]][size][its]
+            if key in source and cell[run["seed"]] != (val, test, pool):
+                raise SystemExit(f"{source[key]} and {folder} both give {key[0]} {size:,} at "
+                                 f"{its:,} iterations, seed {key[3]}, with other results (another"
+                                 " warm-up or machine?): pass one of them")  # fmt: skip
+            source[key], cell[run["seed"]] = folder, (val, test, pool)
     return grid
 
 

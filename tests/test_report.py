@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -140,6 +141,14 @@ def test_sweep_runs_resumes_and_reports(tmp_path, generator, capsys):
     md2 = (tmp_path / "r2" / "report.md").read_text()
     for section in ("## Pool quality", "| DP ω=0.02, fixed T=1 | 1 |"):
         assert md.split(section)[1][:600] == md2.split(section)[1][:600]
+    headline = bench("headline")  # the same run archived counts once; another result is refused
+    assert headline.collect([out, *kept.iterdir()])["DP"] == headline.collect([out])["DP"]
+    other = tmp_path / "other" / "omega0.02-s0"
+    shutil.copytree(kept / "omega0.02-s0", other)
+    s = json.loads((other / "summary.json").read_text())
+    (other / "summary.json").write_text(json.dumps({**s, "val_acc": s["val_acc"] / 2}))
+    with pytest.raises(SystemExit, match="both give DP .* seed 0, with other results"):
+        headline.collect([out, other])
     (kept / "omega0.02-s0" / "summary.json").write_text("{}")  # another run under that name
     assert archive.main([str(out), "--into", str(kept)]) == 2  # refused, nothing overwritten
     assert (kept / "omega0.02-s0" / "summary.json").read_text() == "{}"
