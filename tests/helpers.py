@@ -31,6 +31,17 @@ from deliberate.data.imagefolder import ClassList
 from deliberate.errors import DeliberateError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "fmnist"
+
+
+def benchmark_module(name: str):
+    """A script of benchmarks/ (e.g. "headline") imported as a module, for its functions."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 TIMING_KEYS = ("seconds_generate", "seconds_guidance", "seconds_train", "seconds_eval")
 
 

@@ -1,15 +1,10 @@
 """benchmarks/headline.py: budgets chosen on validation, both headline ratios, seed by seed."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-spec = importlib.util.spec_from_file_location(
-    "headline", Path(__file__).resolve().parent.parent / "benchmarks" / "headline.py"
-)
-headline = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(headline)
+from tests.helpers import benchmark_module
+
+headline = benchmark_module("headline")
 
 
 def grid_of(rows):
