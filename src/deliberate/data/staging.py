@@ -55,7 +55,10 @@ class Staging:
         labels = np.array([r["label"] for r in rows], np.int64)
         packed = np.frombuffer(_dumps(rows).encode(), np.uint8)
         if not check_folder(self._staging):
-            self._staging.mkdir()
+            try:
+                self._staging.mkdir()
+            except FileExistsError:  # another rank made it since the check: check what it is
+                check_folder(self._staging)
         with atomic_file(self._staging / name) as f:  # raw: images; else encoded bytes
             np.savez(f, **self.codec.members(images), ids=ids, labels=labels, rows=packed)
             faults.point("pool.shard_tmp_written")
@@ -69,7 +72,10 @@ class Staging:
         refuses links (False). `inode` is the (st_dev, st_ino) the caller verified; `commit`
         checks the file like any staged shard, and nothing ever writes into a shard."""
         if not check_folder(self._staging):
-            self._staging.mkdir()
+            try:
+                self._staging.mkdir()
+            except FileExistsError:  # another rank made it since the check: check what it is
+                check_folder(self._staging)
         dst = self._staging / _shard_name(shard)
         if check_regular(dst):  # left by an interrupted attempt at this shard
             dst.unlink()
